@@ -1,0 +1,162 @@
+"""SpanBERT pretraining model: encoder + masked-LM head + span boundary (SBO) head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from spanbert_tf.config import SpanBertConfig
+from spanbert_tf.layers.mlm_head import MaskedLMHead
+from spanbert_tf.layers.sbo_head import SpanBoundaryHead
+from spanbert_tf.models.encoder import SpanBertEncoder, as_config
+
+PRETRAINING_FEATURES = (
+    "input_ids", "input_mask", "segment_ids",
+    "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
+    "span_boundaries", "span_target_positions", "span_target_ids", "span_target_weights",
+)
+
+
+def compact_span_targets(features: dict[str, tf.Tensor], num_slots: int):
+    """Packs the valid SBO targets of the [S, T] span layout into `num_slots` rows.
+
+    The pretraining example stores targets per span: `span_target_*[s, t]` is the
+    token at offset t from the start of span s, valid where its weight is > 0. Most of
+    the S * T slots are padding, and every valid target is a masked token, so at most
+    `num_slots` = P (masked positions) are valid. Packing them first makes the SBO
+    decoder as cheap as the MLM decoder. Order is preserved (a stable top-k).
+
+    Returns (boundaries [B, K, 2], offsets [B, K], ids [B, K], weights [B, K]).
+    """
+    weights = features["span_target_weights"]
+    num_spans, num_targets = weights.shape[1], weights.shape[2]
+    if num_spans is None or num_targets is None:
+        raise ValueError("span_target_weights needs static [spans, targets] dimensions")
+    flat_size = num_spans * num_targets
+    slots = min(num_slots, flat_size)
+    flat_weights = tf.reshape(tf.cast(weights, tf.float32), [-1, flat_size])
+    valid = tf.cast(flat_weights > 0, tf.int32)
+    tf.debugging.assert_less_equal(
+        tf.reduce_sum(valid, axis=1), slots,
+        message="more SBO targets than masked positions: the example is inconsistent")
+    order_key = valid * flat_size + tf.range(flat_size - 1, -1, -1, dtype=tf.int32)
+    flat_index = tf.math.top_k(order_key, k=slots, sorted=True).indices
+    span_index = flat_index // num_targets
+    boundaries = tf.gather(tf.cast(features["span_boundaries"], tf.int32), span_index,
+                           batch_dims=1)
+    flat_ids = tf.reshape(tf.cast(features["span_target_ids"], tf.int32), [-1, flat_size])
+    ids = tf.gather(flat_ids, flat_index, batch_dims=1)
+    target_weights = tf.gather(flat_weights, flat_index, batch_dims=1)
+    return boundaries, flat_index % num_targets, ids, target_weights
+
+
+def weighted_mean_cross_entropy(labels, logits, weights) -> tf.Tensor:
+    """Mean sparse cross-entropy over the positions whose weight is > 0 (float32)."""
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+    weights = tf.cast(weights, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(losses * weights), tf.reduce_sum(weights))
+
+
+def correct_predictions(labels, logits) -> tf.Tensor:
+    return tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
+                            tf.cast(labels, tf.int32)), tf.float32)
+
+
+@keras.saving.register_keras_serializable(package="spanbert_tf")
+class SpanBertPretrainer(keras.Model):
+    """Trains a `SpanBertEncoder` with the MLM and span boundary objectives.
+
+    Consumes the pretraining example of DESIGN.md section 4 (a dict of fixed-shape
+    tensors: see `PRETRAINING_FEATURES`) and needs no `y`: the labels are inside the
+    example. Loss = mean MLM cross-entropy over masked tokens + `sbo_weight` * mean SBO
+    cross-entropy over SBO targets; zero weights mark padding. Reports `mlm_loss`,
+    `sbo_loss`, `mlm_accuracy` and `sbo_accuracy` beside `loss`.
+
+    Example:
+        >>> import keras
+        >>> from spanbert_tf import SpanBertConfig, SpanBertPretrainer
+        >>> model = SpanBertPretrainer(SpanBertConfig.preset("tiny", vocab_size=1000))
+        >>> model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+        >>> # model.fit(dataset_of_pretraining_examples, epochs=1)
+    """
+
+    def __init__(
+        self,
+        config: SpanBertConfig | dict[str, Any] | str | None = None,
+        encoder: SpanBertEncoder | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if encoder is None:
+            if config is None:
+                raise ValueError("SpanBertPretrainer needs a config or an encoder")
+            encoder = SpanBertEncoder(config, name="encoder", dtype=kwargs.get("dtype"))
+        elif config is not None and as_config(config) != encoder.config:
+            raise ValueError("config and encoder.config disagree; pass only one of them")
+        self.encoder = encoder
+        c: SpanBertConfig = encoder.config
+        self.config = c
+        self.mlm_head = MaskedLMHead(
+            encoder.token_embedding, hidden_size=c.hidden_size,
+            initializer_range=c.initializer_range, layer_norm_epsilon=c.layer_norm_epsilon,
+            name="mlm_head", dtype=kwargs.get("dtype"))
+        self.sbo_head = SpanBoundaryHead(
+            encoder.token_embedding, hidden_size=c.hidden_size,
+            position_size=c.sbo_position_size, max_targets=c.sbo_max_targets,
+            initializer_range=c.initializer_range, layer_norm_epsilon=c.layer_norm_epsilon,
+            name="sbo_head", dtype=kwargs.get("dtype"))
+        self.mlm_head.build()
+        self.sbo_head.build()
+        self.mlm_loss_tracker = keras.metrics.Mean(name="mlm_loss")
+        self.sbo_loss_tracker = keras.metrics.Mean(name="sbo_loss")
+        self.mlm_accuracy = keras.metrics.Mean(name="mlm_accuracy")
+        self.sbo_accuracy = keras.metrics.Mean(name="sbo_accuracy")
+        self.built = True
+
+    def call(self, inputs: dict[str, tf.Tensor], training=None) -> dict[str, tf.Tensor]:
+        missing = [name for name in PRETRAINING_FEATURES if name not in inputs]
+        if missing:
+            raise ValueError(f"pretraining example is missing {missing}")
+        sequence_output = self.encoder(
+            {k: inputs[k] for k in ("input_ids", "input_mask", "segment_ids")},
+            training=training)["sequence_output"]
+        num_slots = inputs["masked_lm_positions"].shape[1]
+        boundaries, offsets, sbo_ids, sbo_weights = compact_span_targets(inputs, num_slots)
+        return {
+            "mlm_logits": self.mlm_head(sequence_output, inputs["masked_lm_positions"]),
+            "sbo_logits": self.sbo_head(sequence_output, boundaries, offsets),
+            "sbo_ids": sbo_ids,
+            "sbo_weights": sbo_weights,
+        }
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        mlm_weights = tf.cast(x["masked_lm_weights"], tf.float32)
+        mlm_loss = weighted_mean_cross_entropy(x["masked_lm_ids"], y_pred["mlm_logits"],
+                                               mlm_weights)
+        sbo_loss = weighted_mean_cross_entropy(y_pred["sbo_ids"], y_pred["sbo_logits"],
+                                               y_pred["sbo_weights"])
+        self.mlm_loss_tracker.update_state(mlm_loss)
+        self.sbo_loss_tracker.update_state(sbo_loss)
+        self.mlm_accuracy.update_state(
+            correct_predictions(x["masked_lm_ids"], y_pred["mlm_logits"]),
+            sample_weight=mlm_weights)
+        self.sbo_accuracy.update_state(
+            correct_predictions(y_pred["sbo_ids"], y_pred["sbo_logits"]),
+            sample_weight=y_pred["sbo_weights"])
+        total = mlm_loss + self.config.sbo_weight * sbo_loss
+        # Gradients are summed over replicas, so each replica contributes loss / replicas.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return total / replicas if replicas > 1 else total
+
+    def get_config(self) -> dict:
+        base = super().get_config()
+        return {"name": base.get("name"), "trainable": base.get("trainable", True),
+                "dtype": base.get("dtype"), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SpanBertPretrainer":
+        config = dict(config)
+        return cls(config=config.pop("config"), **config)
