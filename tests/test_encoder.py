@@ -1,0 +1,104 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from spanbert_tf import SpanBertConfig, SpanBertEncoder
+
+CONFIG = SpanBertConfig.preset("tiny", vocab_size=300, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return SpanBertEncoder(CONFIG)
+
+
+def batch(length=12, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, CONFIG.vocab_size, (3, length)).astype("int32")
+    ids[1, 8:] = 0
+    ids[2, 5:] = 0
+    return {"input_ids": ids, "input_mask": (ids != 0).astype("int32"),
+            "segment_ids": np.zeros_like(ids)}
+
+
+def test_shapes_and_hidden_states(encoder):
+    outputs = encoder(batch(), output_hidden_states=True)
+    assert outputs["sequence_output"].shape == (3, 12, CONFIG.hidden_size)
+    assert len(outputs["hidden_states"]) == CONFIG.num_layers + 1
+    np.testing.assert_array_equal(outputs["hidden_states"][-1], outputs["sequence_output"])
+
+
+def test_padding_does_not_change_real_tokens(encoder):
+    short = batch()
+    ids = short["input_ids"][2:3, :5]
+    alone = encoder({"input_ids": ids, "input_mask": np.ones_like(ids)})["sequence_output"]
+    padded = encoder(short)["sequence_output"][2:3, :5]
+    np.testing.assert_allclose(alone, padded, atol=1e-5)
+
+
+def test_default_mask_and_segments_match_explicit_ones(encoder):
+    inputs = batch()
+    explicit = encoder(inputs)["sequence_output"]
+    implicit = encoder({"input_ids": inputs["input_ids"]})["sequence_output"]
+    np.testing.assert_allclose(explicit, implicit, atol=1e-6)
+
+
+def test_segment_ids_matter(encoder):
+    inputs = batch()
+    other = dict(inputs, segment_ids=np.ones_like(inputs["input_ids"]))
+    assert not np.allclose(encoder(inputs)["sequence_output"], encoder(other)["sequence_output"])
+
+
+def test_too_long_input_is_a_clear_error(encoder):
+    ids = np.ones((1, CONFIG.max_position_embeddings + 1), "int32")
+    with pytest.raises(ValueError, match="longer than max_position_embeddings=64"):
+        encoder({"input_ids": ids})
+    run = tf.function(lambda x: encoder({"input_ids": x})["sequence_output"],
+                      input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    assert run(ids[:, :64]).shape == (1, 64, CONFIG.hidden_size)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_position_embeddings=64"):
+        run(ids)
+
+
+def test_dropout_only_in_training(encoder):
+    inputs = batch()
+    first = encoder(inputs, training=False)["sequence_output"]
+    np.testing.assert_array_equal(first, encoder(inputs, training=False)["sequence_output"])
+    assert not np.allclose(first, encoder(inputs, training=True)["sequence_output"])
+
+
+def test_keras_file_round_trip(encoder, tmp_path):
+    path = tmp_path / "encoder.keras"
+    encoder.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.config == CONFIG
+    np.testing.assert_array_equal(encoder(batch())["sequence_output"],
+                                  restored(batch())["sequence_output"])
+
+
+def test_weights_only_round_trip(encoder, tmp_path):
+    path = tmp_path / "encoder.weights.h5"
+    encoder.save_weights(path)
+    fresh = SpanBertEncoder(CONFIG)
+    assert not np.allclose(fresh(batch())["sequence_output"], encoder(batch())["sequence_output"])
+    fresh.load_weights(path)
+    np.testing.assert_array_equal(fresh(batch())["sequence_output"],
+                                  encoder(batch())["sequence_output"])
+
+
+def test_get_config_is_complete(encoder):
+    clone = SpanBertEncoder.from_config(encoder.get_config())
+    assert clone.config == encoder.config
+    assert len(clone.weights) == len(encoder.weights) == 5 + 12 * CONFIG.num_layers
+
+
+def test_initialisation_follows_bert():
+    config = SpanBertConfig.preset("tiny", vocab_size=5000, hidden_size=128, num_heads=2)
+    model = SpanBertEncoder(config)
+    words = model.token_embedding.embeddings.numpy()
+    assert abs(words.std() - 0.02 * 0.88) < 0.002  # truncated normal, stddev 0.02
+    assert np.abs(words).max() <= 0.04 + 1e-6
+    layer_norm = model.embeddings.layer_norm
+    np.testing.assert_array_equal(layer_norm.gamma.numpy(), 1.0)
+    assert layer_norm.epsilon == 1e-12

@@ -1,0 +1,136 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from spanbert_tf import SpanBertConfig, SpanBertPretrainer
+from tests.synthetic import pretraining_batch
+
+CONFIG = SpanBertConfig.preset("tiny", vocab_size=256, max_position_embeddings=64,
+                               hidden_dropout=0.0, attention_dropout=0.0)
+STEPS = 80
+
+
+def memorise(model: SpanBertPretrainer, batch: dict) -> tuple[float, dict]:
+    """Fits one fixed batch repeatedly; returns the initial loss and the final metrics."""
+    dataset = tf.data.Dataset.from_tensors(batch)
+    initial = model.evaluate(dataset, verbose=0, return_dict=True)["loss"]
+    model.fit(dataset.repeat(STEPS), epochs=1, verbose=0)
+    return initial, model.evaluate(dataset, verbose=0, return_dict=True)
+
+
+def compile_for_memorisation(model):
+    model.compile(optimizer=keras.optimizers.AdamW(3e-3, weight_decay=0.01))
+
+
+def test_memorises_a_fixed_batch_single_device():
+    keras.utils.set_random_seed(0)
+    model = SpanBertPretrainer(CONFIG)
+    compile_for_memorisation(model)
+    initial, final = memorise(model, pretraining_batch(batch_size=8, length=32,
+                                                       vocab_size=CONFIG.vocab_size))
+    assert final["loss"] < 0.1 * initial
+    assert final["mlm_accuracy"] > 0.95 and final["sbo_accuracy"] > 0.95
+    assert final["loss"] == pytest.approx(final["mlm_loss"] + final["sbo_loss"], rel=1e-4)
+
+
+def test_memorises_under_mirrored_strategy_with_two_cpu_replicas():
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        model = SpanBertPretrainer(CONFIG)
+        compile_for_memorisation(model)
+    initial, final = memorise(model, pretraining_batch(batch_size=8, length=32,
+                                                       vocab_size=CONFIG.vocab_size))
+    assert final["loss"] < 0.1 * initial
+
+
+def test_mirrored_loss_equals_single_device_loss():
+    """Per-replica loss is scaled by 1/replicas so the reported loss is the global mean."""
+    batch = pretraining_batch(batch_size=8, length=32, vocab_size=CONFIG.vocab_size)
+    keras.utils.set_random_seed(0)
+    single = SpanBertPretrainer(CONFIG)
+    weights = single.get_weights()
+    single.compile(optimizer="sgd")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = SpanBertPretrainer(CONFIG)
+        mirrored.set_weights(weights)
+        mirrored.compile(optimizer="sgd")
+    dataset = tf.data.Dataset.from_tensors(batch)
+    expected = single.evaluate(dataset, verbose=0, return_dict=True)
+    got = mirrored.evaluate(dataset, verbose=0, return_dict=True)
+    # Every example has the same number of targets, so the mean of replica means is the
+    # global mean.
+    assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert got["mlm_accuracy"] == pytest.approx(expected["mlm_accuracy"], abs=1e-6)
+
+
+def test_memorises_with_mixed_float16():
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = SpanBertPretrainer(CONFIG)
+        compile_for_memorisation(model)
+        batch = pretraining_batch(batch_size=8, length=32, vocab_size=CONFIG.vocab_size)
+        outputs = model(batch)
+        assert model.encoder(batch)["sequence_output"].dtype == tf.float16
+        assert outputs["mlm_logits"].dtype == tf.float32
+        assert outputs["sbo_logits"].dtype == tf.float32
+        assert model.encoder.token_embedding.embeddings.dtype == tf.float32
+        initial, final = memorise(model, batch)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert final["loss"] < 0.1 * initial
+
+
+def test_zero_weight_slots_do_not_contribute():
+    model = SpanBertPretrainer(CONFIG)
+    model.compile(optimizer="sgd")
+    batch = pretraining_batch(batch_size=2, length=32, vocab_size=CONFIG.vocab_size)
+    changed = dict(batch)
+    changed["masked_lm_ids"] = batch["masked_lm_ids"].copy()
+    changed["masked_lm_ids"][batch["masked_lm_weights"] == 0] = 7
+    changed["span_target_ids"] = batch["span_target_ids"].copy()
+    changed["span_target_ids"][batch["span_target_weights"] == 0] = 9
+    loss = [model.compute_loss(x=b, y_pred=model(b)).numpy() for b in (batch, changed)]
+    assert loss[0] == pytest.approx(loss[1], rel=1e-6)
+
+
+def test_word_embeddings_are_tied_and_counted_once():
+    model = SpanBertPretrainer(CONFIG)
+    paths = [w.path for w in model.weights]
+    assert len(paths) == len(set(paths))
+    embedding_matrices = [w for w in model.weights if w.shape == (CONFIG.vocab_size,
+                                                                    CONFIG.hidden_size)]
+    assert len(embedding_matrices) == 1
+
+
+def test_missing_feature_is_named():
+    model = SpanBertPretrainer(CONFIG)
+    batch = pretraining_batch(batch_size=1, length=32, vocab_size=CONFIG.vocab_size)
+    del batch["span_boundaries"]
+    with pytest.raises(ValueError, match=r"missing \['span_boundaries'\]"):
+        model(batch)
+
+
+def test_keras_file_and_weights_round_trip(tmp_path):
+    model = SpanBertPretrainer(CONFIG)
+    batch = pretraining_batch(batch_size=2, length=32, vocab_size=CONFIG.vocab_size)
+    model.save(tmp_path / "pretrainer.keras")
+    restored = keras.models.load_model(tmp_path / "pretrainer.keras")
+    for key in ("mlm_logits", "sbo_logits"):
+        np.testing.assert_array_equal(model(batch)[key], restored(batch)[key])
+    model.save_weights(tmp_path / "pretrainer.weights.h5")
+    fresh = SpanBertPretrainer(CONFIG)
+    fresh.load_weights(tmp_path / "pretrainer.weights.h5")
+    np.testing.assert_array_equal(model(batch)["sbo_logits"], fresh(batch)["sbo_logits"])
+
+
+def test_config_and_encoder_must_agree():
+    model = SpanBertPretrainer(CONFIG)
+    with pytest.raises(ValueError, match="disagree"):
+        SpanBertPretrainer(config=CONFIG.replace(num_layers=3), encoder=model.encoder)
+    assert SpanBertPretrainer(encoder=model.encoder).encoder is model.encoder
