@@ -11,6 +11,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from spanbert_tf.config import SpanBertConfig  # noqa: E402
 from spanbert_tf.models import SpanBertEncoder, SpanBertPretrainer  # noqa: E402
+from spanbert_tf.tokenizer import SpanBertTokenizer  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["SpanBertConfig", "SpanBertEncoder", "SpanBertPretrainer"]
+__all__ = ["SpanBertConfig", "SpanBertEncoder", "SpanBertPretrainer", "SpanBertTokenizer"]
