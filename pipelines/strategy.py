@@ -54,9 +54,10 @@ def create_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
     """Returns the strategy for this process (see the module docstring)."""
     if tf_config_workers() > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    if gpus:
-        return tf.distribute.MirroredStrategy([device.name for device in gpus])
+    # Physical devices can be listed without initialising the runtime; logical ones
+    # cannot, and the CPU can only be split before initialisation.
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()  # all local GPUs
     if cpu_replicas > 1:
         return tf.distribute.MirroredStrategy(configure_cpu_replicas(cpu_replicas))
     return tf.distribute.get_strategy()

@@ -52,12 +52,24 @@ def compact_span_targets(features: dict[str, tf.Tensor], num_slots: int):
     return boundaries, flat_index % num_targets, ids, target_weights
 
 
-def weighted_mean_cross_entropy(labels, logits, weights) -> tf.Tensor:
-    """Mean sparse cross-entropy over the positions whose weight is > 0 (float32)."""
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+def global_weighted_mean(values, weights) -> tf.Tensor:
+    """This replica's share of the weighted mean over the whole (global) batch.
+
+    The denominator is the weight total summed over replicas, so the replicas' shares
+    add up to the mean over every target of the global batch, exactly what one device
+    computes on the same batch. With one replica it is the plain weighted mean.
+    """
     weights = tf.cast(weights, tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(losses * weights), tf.reduce_sum(weights))
+    total = tf.stop_gradient(tf.reduce_sum(weights))
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, total)
+    return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(values, tf.float32) * weights), total)
+
+
+def cross_entropy(labels, logits) -> tf.Tensor:
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
 
 
 def correct_predictions(labels, logits) -> tf.Tensor:
@@ -133,23 +145,28 @@ class SpanBertPretrainer(keras.Model):
         }
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        mlm_weights = tf.cast(x["masked_lm_weights"], tf.float32)
-        mlm_loss = weighted_mean_cross_entropy(x["masked_lm_ids"], y_pred["mlm_logits"],
-                                               mlm_weights)
-        sbo_loss = weighted_mean_cross_entropy(y_pred["sbo_ids"], y_pred["sbo_logits"],
-                                               y_pred["sbo_weights"])
-        self.mlm_loss_tracker.update_state(mlm_loss)
-        self.sbo_loss_tracker.update_state(sbo_loss)
+        """Returns this replica's share of the global-batch loss.
+
+        Gradients are summed over replicas, so each replica's loss is its part of the
+        global mean (see `global_weighted_mean`): mirrored training then follows the
+        same trajectory as one device on the same global batch.
+        """
+        mlm_weights = x["masked_lm_weights"]
+        mlm_loss = global_weighted_mean(
+            cross_entropy(x["masked_lm_ids"], y_pred["mlm_logits"]), mlm_weights)
+        sbo_loss = global_weighted_mean(
+            cross_entropy(y_pred["sbo_ids"], y_pred["sbo_logits"]), y_pred["sbo_weights"])
+        # Mean metrics average over replicas; scaled shares average to the global value.
+        replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
+        self.mlm_loss_tracker.update_state(mlm_loss * replicas)
+        self.sbo_loss_tracker.update_state(sbo_loss * replicas)
         self.mlm_accuracy.update_state(
             correct_predictions(x["masked_lm_ids"], y_pred["mlm_logits"]),
             sample_weight=mlm_weights)
         self.sbo_accuracy.update_state(
             correct_predictions(y_pred["sbo_ids"], y_pred["sbo_logits"]),
             sample_weight=y_pred["sbo_weights"])
-        total = mlm_loss + self.config.sbo_weight * sbo_loss
-        # Gradients are summed over replicas, so each replica contributes loss / replicas.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        return total / replicas if replicas > 1 else total
+        return mlm_loss + self.config.sbo_weight * sbo_loss
 
     def get_config(self) -> dict:
         base = super().get_config()
