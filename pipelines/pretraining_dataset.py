@@ -126,7 +126,7 @@ class _MaskedStream:
         self.by_file = len(files) >= pipelines
 
     def build(self, epoch_key: tf.Tensor, repeat: bool, start_example: int) -> tf.data.Dataset:
-        records = self._records(epoch_key)
+        records = self._records()
         if repeat:
             records = records.repeat()
         if start_example:
@@ -140,7 +140,7 @@ class _MaskedStream:
                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return masked.prefetch(tf.data.AUTOTUNE)
 
-    def _records(self, epoch_key: tf.Tensor) -> tf.data.Dataset:
+    def _records(self) -> tf.data.Dataset:
         files = tf.data.Dataset.from_tensor_slices(self.files)
         if self.by_file:
             files = files.shard(self.pipelines, self.pipeline_id)
@@ -148,7 +148,7 @@ class _MaskedStream:
         if shuffle:
             # The same file order in every pipeline, so that sharding by record (fewer
             # files than pipelines) splits one record order.
-            files = files.shuffle(len(self.files), seed=self._shuffle_seed(1, epoch_key, 0),
+            files = files.shuffle(len(self.files), seed=self._shuffle_seed(1, 0),
                                   reshuffle_each_iteration=True)
         records = files.interleave(
             tf.data.TFRecordDataset, cycle_length=min(PARALLEL_READS, len(self.files)),
@@ -157,12 +157,15 @@ class _MaskedStream:
             records = records.shard(self.pipelines, self.pipeline_id)
         if shuffle:
             records = records.shuffle(self.shuffle_buffer,
-                                      seed=self._shuffle_seed(2, epoch_key, self.pipeline_id),
+                                      seed=self._shuffle_seed(2, self.pipeline_id),
                                       reshuffle_each_iteration=True)
         return records
 
-    def _shuffle_seed(self, purpose: int, epoch_key: tf.Tensor, pipeline_id: int) -> tf.Tensor:
-        return tf.constant(_mix(self.seed, pipeline_id, purpose), tf.int64) ^ epoch_key
+    def _shuffle_seed(self, purpose: int, pipeline_id: int) -> int:
+        # A Python int: tf.data's seed handling evaluates `seed == 0` in Python, which
+        # fails for a tensor seed when the global seed is 0. Epochs still differ through
+        # `reshuffle_each_iteration`, and masks through the epoch key.
+        return _mix(self.seed, pipeline_id, purpose)
 
     def _mask(self, serialized: tf.Tensor, first_example: tf.Tensor, seed: tf.Tensor):
         features = tf.io.parse_example(serialized, FEATURES)

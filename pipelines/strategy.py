@@ -50,16 +50,34 @@ def configure_cpu_replicas(count: int) -> list[str]:
     return [device.name for device in tf.config.list_logical_devices("CPU")[:count]]
 
 
+# One strategy per device set and process: two MirroredStrategy objects over the same
+# devices allocate the same collective instance keys, and the runtime keeps the first
+# one's tensor shapes for a key, so the second strategy's all-reduces fail ("Shape
+# mismatch in the collective instance") and abort every later collective op.
+_STRATEGIES: dict[tuple, tf.distribute.Strategy] = {}
+
+
+def mirrored_strategy(devices: tuple[str, ...] | None = None) -> tf.distribute.MirroredStrategy:
+    """The process-wide MirroredStrategy over `devices` (None: all local GPUs)."""
+    key = ("mirrored", devices)
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(devices) if devices else None)
+    return _STRATEGIES[key]
+
+
 def create_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
     """Returns the strategy for this process (see the module docstring)."""
     if tf_config_workers() > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        key = ("multi_worker", None)
+        if key not in _STRATEGIES:
+            _STRATEGIES[key] = tf.distribute.MultiWorkerMirroredStrategy()
+        return _STRATEGIES[key]
     # Physical devices can be listed without initialising the runtime; logical ones
     # cannot, and the CPU can only be split before initialisation.
     if tf.config.list_physical_devices("GPU"):
-        return tf.distribute.MirroredStrategy()  # all local GPUs
+        return mirrored_strategy()
     if cpu_replicas > 1:
-        return tf.distribute.MirroredStrategy(configure_cpu_replicas(cpu_replicas))
+        return mirrored_strategy(tuple(configure_cpu_replicas(cpu_replicas)))
     return tf.distribute.get_strategy()
 
 

@@ -66,7 +66,7 @@ def sgd_like_step(optimizer_factory, strategy):
 
 
 def test_clipping_acts_on_the_replica_sum():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = create_strategy(cpu_replicas=2)
     ours = sgd_like_step(lambda: AdamWGlobalClip(
         learning_rate=1.0, epsilon=1e3, weight_decay=0.0, clip_norm=1.0), strategy)
     np.testing.assert_allclose(ours, [0.6 / 1.4, 0.8 / 1.4], rtol=1e-4)

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from spanbert_tf import SpanBertConfig, SpanBertPretrainer
 from tests.synthetic import pretraining_batch
+from pipelines.strategy import create_strategy
 
 CONFIG = SpanBertConfig.preset("tiny", vocab_size=256, max_position_embeddings=64,
                                hidden_dropout=0.0, attention_dropout=0.0)
@@ -36,7 +37,7 @@ def test_memorises_a_fixed_batch_single_device():
 
 def test_memorises_under_mirrored_strategy_with_two_cpu_replicas():
     keras.utils.set_random_seed(0)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = create_strategy(cpu_replicas=2)
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         model = SpanBertPretrainer(CONFIG)
@@ -57,7 +58,7 @@ def test_mirrored_loss_equals_single_device_loss():
     single = SpanBertPretrainer(CONFIG)
     weights = single.get_weights()
     single.compile(optimizer="sgd")
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = create_strategy(cpu_replicas=2)
     with strategy.scope():
         mirrored = SpanBertPretrainer(CONFIG)
         mirrored.set_weights(weights)

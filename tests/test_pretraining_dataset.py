@@ -14,6 +14,7 @@ from pipelines.span_masking import SpanMaskingConfig, SpecialTokenIds
 from spanbert_tf import SpanBertConfig, SpanBertPretrainer
 from tests.corpus_helpers import minilm_vocab
 from tests.masking_data import shard_pattern
+from pipelines.strategy import create_strategy
 
 CONFIG = SpanMaskingConfig()  # length 512, the official recipe
 TOY_SPECIAL = SpecialTokenIds(pad_id=0, cls_id=1, sep_id=2, mask_id=3, vocab_size=50)
@@ -192,5 +193,5 @@ def test_mirrored_strategy_gets_per_replica_batches(tmp_path):
 
     model_config = SpanBertConfig.preset("tiny", vocab_size=TOY_SPECIAL.vocab_size,
                                          max_position_embeddings=32, num_layers=1)
-    fit_pretrainer(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), model_config,
+    fit_pretrainer(create_strategy(cpu_replicas=2), model_config,
                    dataset_fn)
