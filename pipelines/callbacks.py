@@ -376,12 +376,16 @@ class TrainingLogger(keras.callbacks.Callback):
         log_dir: TensorBoard directory (None: no TensorBoard).
         metrics_file: JSON-lines file, one row per window (None: not written).
         progress: show a progress bar (tqdm) when stderr is a terminal.
+        metric_names: the logged metrics (default: the pretraining losses and accuracies).
+        description: label of the progress bar.
     """
 
     def __init__(self, log_every: int, total_steps: int, global_batch_size: int,
                  sequence_length: int, log_dir: str | None = None,
                  metrics_file: str | None = None, progress: bool = True,
-                 print_fn: Callable[[str], None] | None = print):
+                 print_fn: Callable[[str], None] | None = print,
+                 metric_names: tuple[str, ...] = WINDOW_METRICS,
+                 description: str = "pretraining"):
         super().__init__()
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
@@ -393,6 +397,8 @@ class TrainingLogger(keras.callbacks.Callback):
         self.metrics_file = metrics_file
         self.progress = progress
         self.print_fn = print_fn
+        self.metric_names = tuple(metric_names)
+        self.description = description
         self.rows: list[dict[str, Any]] = []
         self._writer = None
         self._bar = None
@@ -406,7 +412,7 @@ class TrainingLogger(keras.callbacks.Callback):
         if self.progress and sys.stderr.isatty():
             from tqdm.auto import tqdm
             self._bar = tqdm(total=self.total_steps, initial=self._last_step, unit="step",
-                             dynamic_ncols=True, desc="pretraining")
+                             dynamic_ncols=True, desc=self.description)
 
     def on_train_batch_end(self, batch, logs=None):
         step = optimizer_step(self.model)
@@ -422,7 +428,7 @@ class TrainingLogger(keras.callbacks.Callback):
 
     def _log_window(self, step: int, logs: dict) -> None:
         row: dict[str, Any] = {"step": step}
-        for name in WINDOW_METRICS:
+        for name in self.metric_names:
             if name in logs:
                 row[name] = float(logs[name])
         row["learning_rate"] = current_learning_rate(self.model)
@@ -452,7 +458,7 @@ class TrainingLogger(keras.callbacks.Callback):
             self._bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}",
                                   lr=f"{row['learning_rate']:.2e}")
         if self.print_fn:
-            line = format_row(row)
+            line = format_row(row, self.metric_names)
             if self._bar is not None:
                 self._bar.write(line)
             else:
@@ -467,9 +473,9 @@ class TrainingLogger(keras.callbacks.Callback):
             self._writer.close()
 
 
-def format_row(row: dict) -> str:
+def format_row(row: dict, metric_names: tuple[str, ...] = WINDOW_METRICS) -> str:
     parts = [f"step {row['step']}"]
-    for name in WINDOW_METRICS:
+    for name in metric_names:
         if name in row:
             parts.append(f"{name} {row[name]:.4f}")
     parts.append(f"lr {row['learning_rate']:.3e}")

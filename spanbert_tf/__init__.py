@@ -10,8 +10,14 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from spanbert_tf.config import SpanBertConfig  # noqa: E402
-from spanbert_tf.models import SpanBertEncoder, SpanBertPretrainer  # noqa: E402
+from spanbert_tf.models import (  # noqa: E402
+    SpanBertClassifier,
+    SpanBertEncoder,
+    SpanBertPretrainer,
+    SpanBertTokenClassifier,
+)
 from spanbert_tf.tokenizer import SpanBertTokenizer  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["SpanBertConfig", "SpanBertEncoder", "SpanBertPretrainer", "SpanBertTokenizer"]
+__all__ = ["SpanBertClassifier", "SpanBertConfig", "SpanBertEncoder", "SpanBertPretrainer",
+           "SpanBertTokenClassifier", "SpanBertTokenizer"]

@@ -84,6 +84,31 @@ def validate_vocabulary(tokens: Sequence[str], source: str = "vocabulary") -> No
                          f"BERT WordPiece vocabulary needs {', '.join(SPECIAL_TOKENS)}")
 
 
+def vocabulary_is_uncased(vocabulary: str | os.PathLike | Sequence[str]) -> bool:
+    """True when no token of the vocabulary contains an upper-case letter.
+
+    An uncased BERT vocabulary was built from lower-cased text, so only its bracketed
+    special tokens ([CLS], [unused0], ...) hold capitals; those are ignored. A letter
+    counts as upper-case when lower-casing changes it (bert-base-uncased keeps "ℝ",
+    which Unicode calls upper-case but has no lower-case form). Use it to
+    pick `SpanBertTokenizer(..., lowercase=...)` for a checkpoint that does not say.
+
+    Example:
+        >>> vocabulary_is_uncased(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the"])
+        True
+        >>> vocabulary_is_uncased(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "The"])
+        False
+    """
+    if isinstance(vocabulary, (str, os.PathLike)):
+        vocabulary = load_vocabulary(vocabulary)
+    for token in vocabulary:
+        if token.startswith("[") and token.endswith("]"):
+            continue
+        if token != token.lower():
+            return False
+    return True
+
+
 class SpanBertTokenizer(tf.Module):
     """BERT WordPiece tokenizer (cased or uncased) for strings, batches and tf.data.
 

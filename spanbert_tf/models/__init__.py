@@ -1,6 +1,9 @@
-"""Keras models: the encoder and the pretrainer (task models live beside them)."""
+"""Keras models: the encoder, the pretrainer and the fine-tuning task models."""
 
+from spanbert_tf.models.classifier import SpanBertClassifier
 from spanbert_tf.models.encoder import SpanBertEncoder
 from spanbert_tf.models.pretrainer import SpanBertPretrainer
+from spanbert_tf.models.token_classifier import SpanBertTokenClassifier
 
-__all__ = ["SpanBertEncoder", "SpanBertPretrainer"]
+__all__ = ["SpanBertClassifier", "SpanBertEncoder", "SpanBertPretrainer",
+           "SpanBertTokenClassifier"]
