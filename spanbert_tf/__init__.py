@@ -14,10 +14,11 @@ from spanbert_tf.models import (  # noqa: E402
     SpanBertClassifier,
     SpanBertEncoder,
     SpanBertPretrainer,
+    SpanBertQuestionAnswering,
     SpanBertTokenClassifier,
 )
 from spanbert_tf.tokenizer import SpanBertTokenizer  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["SpanBertClassifier", "SpanBertConfig", "SpanBertEncoder", "SpanBertPretrainer",
-           "SpanBertTokenClassifier", "SpanBertTokenizer"]
+           "SpanBertQuestionAnswering", "SpanBertTokenClassifier", "SpanBertTokenizer"]
