@@ -175,6 +175,7 @@ def versions_on_disk(base_path: str) -> list[int]:
 def load_servable(name: str, version: int, path: str) -> Servable:
     """Loads one SavedModel version and reads its SignatureDefs from saved_model.pb."""
     import tensorflow as tf
+    import tensorflow_text  # noqa: F401 - registers the TF Text ops (TF Serving links them)
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = tf.saved_model.load(path)
