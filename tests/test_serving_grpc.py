@@ -8,7 +8,6 @@ are serialised exactly as with TF Serving.
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from concurrent import futures
@@ -183,53 +182,17 @@ def test_bad_inputs_get_sane_outputs(client, case):
     assert_serves(client)
 
 
-def run_concurrent_clients(target: str, clients: int, requests: int) -> tuple[list[float], list]:
-    """`clients` threads, each with its own channel, send `requests` Predict calls."""
-    latencies: list[float] = []
-    errors: list = []
-    lock = threading.Lock()
-    start = threading.Barrier(clients)
+def test_concurrent_clients_complete_without_errors():
+    """The issue's acceptance run: 8 clients x 200 requests (about 8 s here with the
+    tiny export; clients and server share this process and its 2 cores)."""
+    from serving.load_test import load_test
 
-    def worker(index: int):
-        with GrpcClient(target, timeout=30, retries=0) as own:
-            text = {"text": [SENTENCES[index % len(SENTENCES)]]}
-            own.predict("encoder", text)  # connect before the clock starts
-            start.wait()
-            for _ in range(requests):
-                began = time.perf_counter()
-                try:
-                    outputs = own.predict("encoder", text)
-                    assert outputs["embedding"].shape == (1, 64)
-                except Exception as error:  # noqa: BLE001 - counted, reported below
-                    with lock:
-                        errors.append(repr(error))
-                    continue
-                with lock:
-                    latencies.append(time.perf_counter() - began)
-
-    with futures.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(worker, range(clients)))
-    return latencies, errors
-
-
-def report_latency(label: str, latencies: list[float], seconds: float) -> dict:
-    quantiles = statistics.quantiles(latencies, n=100)
-    figures = {"requests": len(latencies), "p50_ms": quantiles[49] * 1e3,
-               "p99_ms": quantiles[98] * 1e3, "requests_per_s": len(latencies) / seconds}
-    print(f"\n{label}: {figures['requests']} requests, p50 {figures['p50_ms']:.2f} ms, "
-          f"p99 {figures['p99_ms']:.2f} ms, {figures['requests_per_s']:.0f} req/s")
-    return figures
-
-
-def test_concurrent_clients_complete_without_errors(clients: int = 8, requests: int = 200):
-    """The issue's acceptance run (about 8 s here with the tiny export)."""
-    target = f"127.0.0.1:{shared_server().grpc_port}"
-    began = time.perf_counter()
-    latencies, errors = run_concurrent_clients(target, clients, requests)
-    seconds = time.perf_counter() - began
-    assert errors == []
-    assert len(latencies) == clients * requests
-    report_latency(f"{clients} clients x {requests}", latencies, seconds)
+    result = load_test(f"127.0.0.1:{shared_server().grpc_port}", "encoder",
+                       {"text": SENTENCES[:1]}, clients=8, requests=200)
+    assert result["errors"] == []
+    assert result["completed"] == 8 * 200
+    print(f"\n8 clients x 200 requests: p50 {result['p50_ms']:.2f} ms, p99 "
+          f"{result['p99_ms']:.2f} ms, {result['requests_per_s']:.0f} requests/s")
 
 
 class _ScriptedService(prediction_service_pb2_grpc.PredictionServiceServicer):
