@@ -246,3 +246,35 @@ def test_ner_and_tacred_field_errors(tmp_path):
     broken.write_text(json.dumps([dict(record, subj_end=len(record["token"]))]))
     with pytest.raises(ValueError, match="example 0: subj_start/subj_end"):
         tacred.read_examples(str(broken))
+
+
+def test_long_document_prediction_is_the_mean_of_all_its_chunks(tmp_path):
+    from spanbert_tf import SpanBertClassifier, SpanBertConfig, SpanBertEncoder
+
+    tokenizer = word_tokenizer()
+    encoder = SpanBertEncoder(SpanBertConfig.preset("tiny", vocab_size=tokenizer.vocab_size,
+                                                    hidden_size=16, intermediate_size=32))
+    model = SpanBertClassifier(encoder, num_labels=2)
+    document = " ".join(["the city is big ."] * 8 + ["new york"])  # 42 tokens: 3 windows
+    path = tmp_path / "docs.tsv"
+    path.write_text(f"text\tlabel\n{document}\t1\nnew york is big\t0\n")
+    metadata = {"text_columns": ["text"], "label_column": "label", "regression": False,
+                "labels": ["0", "1"], "majority_label": "1", "max_seq_length": 16,
+                "long_document": True, "chunk_overlap": 4}
+    metrics, predictions = classification.evaluate_file(model, tokenizer, metadata, str(path),
+                                                        batch_size=3, progress=False)
+    assert metrics["chunks"] == 5 and predictions[0]["chunks"] == 4
+    assert "chunks" not in predictions[1]
+    # the same chunks, each through the model on its own
+    rows = classification.encode_examples(
+        classification.read_examples(str(path)).examples, tokenizer, 16, None,
+        long_document=True, chunk_overlap=4).encoded
+    chunk_logits = [model({"input_ids": ids[None], "input_mask": np.ones((1, len(ids))),
+                           "segment_ids": np.zeros((1, len(ids)))},
+                          training=False)["logits"].numpy()[0]
+                    for ids, source in zip(rows.input_ids, rows.source) if source == 0]
+    assert len(chunk_logits) == 4
+    expected = np.mean(chunk_logits, axis=0)
+    probabilities = np.exp(expected) / np.exp(expected).sum()
+    assert [predictions[0]["probabilities"][label] for label in ("0", "1")] == pytest.approx(
+        probabilities.tolist(), abs=1e-5)
