@@ -40,36 +40,44 @@ def run(argv) -> None:
     assert main([str(a) for a in argv]) == 0
 
 
-@pytest.mark.parametrize("version", ["v1.1", "v2.0"])
-def test_finetune_then_evaluate(tmp_path, tiny_checkpoint, capsys, version):
+def finetune(tmp_path, init, version: str):
     source = f"squad_{version}_dev_subset_shared.json"
-    train = squad_subset(source, tmp_path / "train.json", slice(0, 1), 2)
-    dev = squad_subset(source, tmp_path / "dev.json", slice(1, 2), 2)
-    out = tmp_path / "model"
-    run(["finetune", "qa", "--init-checkpoint", tiny_checkpoint, "--output-dir", out,
+    train = squad_subset(source, tmp_path / f"train{version}.json", slice(0, 1), 2)
+    dev = squad_subset(source, tmp_path / f"dev{version}.json", slice(1, 2), 2)
+    out = tmp_path / f"model{version}"
+    run(["finetune", "qa", "--init-checkpoint", init, "--output-dir", out,
          "--train-file", train, "--dev-file", dev, "--max-steps", 2, "--batch-size", 4,
          "--max-seq-length", 96, "--doc-stride", 32, "--max-query-length", 24,
          "--no-progress"])
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert '"exact_match"' in capsys.readouterr().out  # the command prints its metrics
-    assert metrics["training"]["steps"] == 2
-    assert {"model.keras", "task.json", "vocab.txt", "config.json", "metrics.json",
-            "predictions.json", "nbest_predictions.json",
-            "predictions.jsonl"} <= set(os.listdir(out))
-    task = json.loads((out / "task.json").read_text())
-    assert task["task"] == "qa" and task["lowercase"] is True
-    assert task["version_2"] == (version == "v2.0")
-    with open(dev, encoding="utf-8") as file:
-        dev_ids = {qa["id"] for a in json.load(file)["data"] for p in a["paragraphs"]
-                   for qa in p["qas"]}
-    predictions = json.loads((out / "predictions.json").read_text())
-    assert set(predictions) == dev_ids
-    dev_metrics = metrics["dev"]
-    assert 0 <= dev_metrics["exact_match"] <= dev_metrics["f1"] <= 100
-    if version == "v2.0":
-        assert "threshold_search" in dev_metrics and (out / "null_odds.json").exists()
-        assert task["null_score_diff_threshold"] == dev_metrics["null_score_diff_threshold"]
-        assert dev_metrics["f1"] == pytest.approx(dev_metrics["threshold_search"]["best_f1"])
+    return out, dev
+
+
+def test_finetune_v1_then_v2_then_evaluate(tmp_path, tiny_checkpoint, capsys):
+    """SQuAD 1.1 from a pretrained encoder, then SQuAD 2.0 from the 1.1 model (its span
+    head is reused), then `evaluate` with the saved 2.0 threshold."""
+    for version, init in (("v1.1", tiny_checkpoint), ("v2.0", tmp_path / "modelv1.1")):
+        out, dev = finetune(tmp_path, init, version)
+        metrics = json.loads((out / "metrics.json").read_text())
+        printed = capsys.readouterr().out
+        assert '"exact_match"' in printed  # the command prints its metrics
+        assert ("QA span head reused" in printed) == (version == "v2.0")
+        assert metrics["training"]["steps"] == 2
+        assert {"model.keras", "task.json", "vocab.txt", "config.json", "metrics.json",
+                "predictions.json", "nbest_predictions.json",
+                "predictions.jsonl"} <= set(os.listdir(out))
+        task = json.loads((out / "task.json").read_text())
+        assert task["task"] == "qa" and task["lowercase"] is True
+        assert task["version_2"] == (version == "v2.0")
+        with open(dev, encoding="utf-8") as file:
+            dev_ids = {qa["id"] for a in json.load(file)["data"] for p in a["paragraphs"]
+                       for qa in p["qas"]}
+        predictions = json.loads((out / "predictions.json").read_text())
+        assert set(predictions) == dev_ids
+        dev_metrics = metrics["dev"]
+        assert 0 <= dev_metrics["exact_match"] <= dev_metrics["f1"] <= 100
+    assert "threshold_search" in dev_metrics and (out / "null_odds.json").exists()
+    assert task["null_score_diff_threshold"] == dev_metrics["null_score_diff_threshold"]
+    assert dev_metrics["f1"] == pytest.approx(dev_metrics["threshold_search"]["best_f1"])
     evaluation = tmp_path / "eval"
     run(["evaluate", "qa", "--model-dir", out, "--eval-file", dev, "--output-dir",
          evaluation, "--no-progress"])

@@ -103,9 +103,7 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
     if not features:
         raise ValueError(f"{train.path}: no question with a usable answer to train on")
     model, run = trainer.train_model(
-        settings,
-        build_model=lambda encoder: SpanBertQuestionAnswering(encoder=encoder,
-                                                              name="question_answering"),
+        settings, build_model=lambda encoder: build_model(encoder, settings.init_checkpoint),
         loss=span_losses(), metrics=None,
         make_dataset=lambda batch_size, context: batched_dataset(
             features, batch_size, training=True, seed=settings.seed,
@@ -127,6 +125,18 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
                                   preloaded=[dev] if dev else [])
     return trainer.finish_finetuning(settings, model, tokenizer, metadata, results,
                                      evaluate_file)
+
+
+def build_model(encoder, init_checkpoint: str) -> SpanBertQuestionAnswering:
+    """The QA model on the pretrained `encoder`. When `init_checkpoint` is a fine-tuned
+    QA directory (e.g. SQuAD 1.1 before 2.0), its span head is kept too."""
+    model = SpanBertQuestionAnswering(encoder=encoder, name="question_answering")
+    task = trainer.read_task_file(init_checkpoint) if os.path.isdir(init_checkpoint) else None
+    if task is not None and task["task"] == NAME:
+        previous, _, _ = trainer.load_finetuned(init_checkpoint, task=NAME)
+        model.span_head.set_weights(previous.span_head.get_weights())
+        print(f"{init_checkpoint}: QA span head reused", flush=True)
+    return model
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:

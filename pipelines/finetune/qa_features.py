@@ -116,7 +116,8 @@ class FeatureSummary:
 
     def describe(self) -> str:
         return (f"{self.features} windows from {self.examples} questions "
-                f"({self.split_examples} contexts split, {self.truncated_questions} "
+                f"({self.split_examples} questions on contexts split into several windows, "
+                f"{self.truncated_questions} "
                 f"questions truncated"
                 + (f", {self.unlabelled_examples} without label skipped"
                    if self.unlabelled_examples else "") + ")")
