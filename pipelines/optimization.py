@@ -82,7 +82,13 @@ class AdamWGlobalClip(keras.optimizers.AdamW):
                                                 learning_rate)
         variables = [v.value if isinstance(v, keras.Variable) else v
                      for v in trainable_variables]
-        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
+        # Embedding gradients arrive as IndexedSlices with one row per input token. The
+        # collective all-reduce needs the same shape on every replica, which inputs
+        # padded to different lengths (length-bucketed fine-tuning batches) break
+        # ("Shape mismatch in the collective instance"); dense gradients always match.
+        dense = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                 for g in grads]
+        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, dense)
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_tf_update_step, self._distribution_strategy,
             list(zip(self._clip(reduced), variables)), learning_rate)

@@ -554,6 +554,9 @@ EvaluateFile = Callable[[keras.Model, SpanBertTokenizer, dict[str, Any], str, in
 def start_finetuning(args: argparse.Namespace) -> tuple[TrainingSettings, SpanBertTokenizer]:
     """Settings from the flags (validated), input files checked, the tokenizer loaded."""
     settings = TrainingSettings.from_args(args)
+    # The CPU can only be split into replicas before TensorFlow runs its first op
+    # (tokenizing does), so the strategy is made first; train_model gets the same one.
+    create_strategy(settings.cpu_replicas)
     check_input_file(settings.train_file, "--train-file")
     if settings.dev_file:
         check_input_file(settings.dev_file, "--dev-file")
