@@ -12,7 +12,10 @@ Raw text in, sentence embedding out, tokenization included, all with the same we
     tflite_float32    `serving.tflite.convert_to_tflite` float32, TfliteRunner
     tflite_int8       the same, dynamic-range int8
     torch             transformers BertTokenizerFast on the same vocab.txt + BertModel
-                      (PyTorch CPU, SDPA, inference_mode) + mean pooling in torch
+                      (PyTorch CPU, SDPA, inference_mode) + mean pooling in torch, with
+                      as many threads as cores
+    torch_1_thread    the same with one thread (faster at batch 1 when other processes
+                      compete for the cores); the target uses the faster torch variant
 
 A load test closes the run: 8 concurrent gRPC clients x 200 single-sentence requests
 against serve-local with the MiniLM export (p50/p99, errors).
@@ -21,8 +24,10 @@ Single request: one ~20-word sentence, batch 1; every contender is called `itera
 times per round, rounds interleaved, and p50/p95 are taken over all calls. Throughput:
 batch of 32 real sentences (bundled WikiText-2 test text, 8-40 words), the median of
 per-round means. Every ratio is reported (time ratios: contender / torch, lower is
-better; throughput ratios: contender / torch, higher is better). Target from the
-serving issue: savedmodel p50 <= 1.0x torch.
+better; throughput ratios: contender / torch, higher is better), against both torch
+variants. Target from the serving issue: savedmodel p50 <= 1.0x the faster torch.
+The 1-minute load average before and after goes into the result: other processes on
+this 2-core machine distort every figure, PyTorch's two OpenMP threads most.
 
     python benchmarks/bench_serving.py            # writes results/bench_serving.json
     python benchmarks/bench_serving.py --quick    # fewer rounds
@@ -126,17 +131,18 @@ def tflite_pipeline(path: str):
     return lambda texts: runner(texts)["embedding"]
 
 
-def torch_pipeline():
+def torch_pipeline(threads: int):
     import torch
     import transformers
 
-    torch.set_num_threads(os.cpu_count())
     tokenizer = transformers.BertTokenizerFast(
         vocab=os.path.join(minilm_dir(), "vocab.txt"), do_lower_case=True)
     model = transformers.BertModel.from_pretrained(
         minilm_dir(), add_pooling_layer=False, attn_implementation="sdpa").eval()
 
     def run(texts):
+        # Per call: the two torch contenders share the process-wide OpenMP pool.
+        torch.set_num_threads(threads)
         encoded = tokenizer(texts, padding=True, truncation=True, max_length=512,
                             return_tensors="pt")
         with torch.inference_mode():
@@ -173,7 +179,7 @@ def agreement(contenders: dict, texts: list[str]) -> dict[str, dict[str, float]]
     reference = np.asarray(contenders["torch"](texts))
     result = {}
     for name, run in contenders.items():
-        if name == "torch":
+        if name.startswith("torch"):
             continue
         ours = np.asarray(run(texts))
         cosine = np.sum(ours * reference, -1) / (
@@ -215,7 +221,8 @@ def main() -> None:
     contenders = {"savedmodel": savedmodel_pipeline(paths["savedmodel"]),
                   "serve_local_grpc": grpc_run}
     contenders.update({name: tflite_pipeline(paths[name]) for name in tflite_names})
-    contenders["torch"] = torch_pipeline()
+    contenders["torch"] = torch_pipeline(os.cpu_count())
+    contenders["torch_1_thread"] = torch_pipeline(1)
     batch = batch_sentences()
     try:
         agree = agreement(contenders, batch[:8] + [SENTENCE])
@@ -238,23 +245,29 @@ def main() -> None:
             "batch32_seq_per_s": BATCH / batched[name]["median_s"],
             "batch32_median_ms": batched[name]["median_s"] * 1e3,
         }
-    torch_row = report["torch"]
+    # The PyTorch reference is the faster of its two thread settings (on a loaded machine
+    # two OpenMP threads can be far slower than one); ratios against both are reported.
+    torch_names = ("torch", "torch_1_thread")
+    best_torch = min(torch_names, key=lambda name: report[name]["single_p50_ms"])
     ratios = {}
     for name, row in report.items():
-        if name == "torch":
+        if name in torch_names:
             continue
-        ratios[name] = {
-            "p50_vs_torch": row["single_p50_ms"] / torch_row["single_p50_ms"],
-            "p95_vs_torch": row["single_p95_ms"] / torch_row["single_p95_ms"],
-            "batch32_throughput_vs_torch": (row["batch32_seq_per_s"]
-                                            / torch_row["batch32_seq_per_s"]),
-        }
+        ratios[name] = {}
+        for reference in torch_names:
+            ratios[name][f"p50_vs_{reference}"] = (row["single_p50_ms"]
+                                                   / report[reference]["single_p50_ms"])
+            ratios[name][f"p95_vs_{reference}"] = (row["single_p95_ms"]
+                                                   / report[reference]["single_p95_ms"])
+            ratios[name][f"batch32_throughput_vs_{reference}"] = (
+                row["batch32_seq_per_s"] / report[reference]["batch32_seq_per_s"])
         if name != "savedmodel":
             ratios[name]["p50_vs_savedmodel"] = (row["single_p50_ms"]
                                                  / report["savedmodel"]["single_p50_ms"])
             ratios[name]["batch32_throughput_vs_savedmodel"] = (
                 row["batch32_seq_per_s"] / report["savedmodel"]["batch32_seq_per_s"])
-    target_met = ratios["savedmodel"]["p50_vs_torch"] <= 1.0
+    target_ratio = ratios["savedmodel"][f"p50_vs_{best_torch}"]
+    target_met = target_ratio <= 1.0
 
     print(f"\nsingle request ({len(SENTENCE.split())} words), {args.rounds} rounds x "
           f"{args.calls} calls; batch {BATCH} throughput, median of {args.rounds} rounds")
@@ -264,7 +277,8 @@ def main() -> None:
               f"{row['batch32_seq_per_s']:9.1f}")
     for name, row in ratios.items():
         print(f"  {name:18s} " + "  ".join(f"{key} {value:.3f}x" for key, value in row.items()))
-    print(f"  target savedmodel p50 <= 1.0x torch: {'met' if target_met else 'NOT met'}")
+    print(f"  target savedmodel p50 <= 1.0x the faster torch ({best_torch}): "
+          f"{target_ratio:.3f}x, {'met' if target_met else 'NOT met'}")
     for name, row in agree.items():
         print(f"  {name:18s} vs torch: max abs diff {row['max_abs_diff']:.2e}, "
               f"min cosine {row['min_cosine']:.6f}")
@@ -277,6 +291,7 @@ def main() -> None:
         "batch_size": BATCH, "rounds": args.rounds, "calls_per_round": args.calls,
         "batch_iterations": args.batch_iterations, "threads": os.cpu_count(),
         "tflite_bytes": sizes, "contenders": report, "ratios": ratios,
+        "target_reference": best_torch, "target_savedmodel_p50_ratio": target_ratio,
         "target_savedmodel_p50_le_torch": target_met, "agreement_vs_torch": agree,
         "serve_local_load_test": {**concurrent, "errors": concurrent["errors"][:10]},
         # Other processes on this 2-core machine distort every figure (PyTorch's OpenMP
