@@ -91,7 +91,8 @@ def infer_lowercase(tokens: Sequence[str]) -> bool:
 
 def mean_pool(sequence_output: tf.Tensor, input_mask: tf.Tensor) -> tf.Tensor:
     """Mean of the real-token vectors ([CLS] and [SEP] included, as sentence-transformers)."""
-    mask = tf.cast(input_mask, sequence_output.dtype)[:, :, tf.newaxis]
+    # expand_dims, not [:, :, tf.newaxis]: TFLite's StridedSlice rejects new_axis_mask.
+    mask = tf.expand_dims(tf.cast(input_mask, sequence_output.dtype), -1)
     total = tf.reduce_sum(sequence_output * mask, axis=1)
     return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
