@@ -23,9 +23,10 @@ REPORT_TEXTS = [
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "tflite", help="convert a model to TFLite with the tokenizer inside",
-        description="Convert a spanbert-tf checkpoint (encoder) or a fine-tuned model "
-        "directory to a .tflite file whose signatures take raw strings (serving_default, "
-        "tokenize). Uses TFLite builtins plus TF Text custom ops only; run it with "
+        description="Convert a spanbert-tf checkpoint (encoder) or a fine-tuned "
+        "classification directory to a .tflite file whose serving_default signature takes "
+        "raw strings and returns the export's outputs plus the token features. Uses TFLite "
+        "builtins plus TF Text custom ops only; run it with "
         "ai_edge_litert's InterpreterWithCustomOps and "
         "tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS (serving.tflite.TfliteRunner). "
         "Prints a size and latency report and writes it as JSON.",
