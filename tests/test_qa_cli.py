@@ -40,7 +40,7 @@ def run(argv) -> None:
     assert main([str(a) for a in argv]) == 0
 
 
-def finetune(tmp_path, init, version: str):
+def finetune(tmp_path, init, version: str, *extra):
     source = f"squad_{version}_dev_subset_shared.json"
     train = squad_subset(source, tmp_path / f"train{version}.json", slice(0, 1), 2)
     dev = squad_subset(source, tmp_path / f"dev{version}.json", slice(1, 2), 2)
@@ -48,20 +48,23 @@ def finetune(tmp_path, init, version: str):
     run(["finetune", "qa", "--init-checkpoint", init, "--output-dir", out,
          "--train-file", train, "--dev-file", dev, "--max-steps", 2, "--batch-size", 4,
          "--max-seq-length", 96, "--doc-stride", 32, "--max-query-length", 24,
-         "--no-progress"])
+         "--no-progress", *extra])
     return out, dev
 
 
 def test_finetune_v1_then_v2_then_evaluate(tmp_path, tiny_checkpoint, capsys):
     """SQuAD 1.1 from a pretrained encoder, then SQuAD 2.0 from the 1.1 model (its span
-    head is reused), then `evaluate` with the saved 2.0 threshold."""
-    for version, init in (("v1.1", tiny_checkpoint), ("v2.0", tmp_path / "modelv1.1")):
-        out, dev = finetune(tmp_path, init, version)
+    head is reused) on two replicas (MirroredStrategy, length-bucketed batches), then
+    `evaluate` with the saved 2.0 threshold."""
+    for version, init, extra in (("v1.1", tiny_checkpoint, ()),
+                                 ("v2.0", tmp_path / "modelv1.1", ("--cpu-replicas", 2))):
+        out, dev = finetune(tmp_path, init, version, *extra)
         metrics = json.loads((out / "metrics.json").read_text())
         printed = capsys.readouterr().out
         assert '"exact_match"' in printed  # the command prints its metrics
         assert ("QA span head reused" in printed) == (version == "v2.0")
         assert metrics["training"]["steps"] == 2
+        assert metrics["training"]["replicas"] == (2 if extra else 1)
         assert {"model.keras", "task.json", "vocab.txt", "config.json", "metrics.json",
                 "predictions.json", "nbest_predictions.json",
                 "predictions.jsonl"} <= set(os.listdir(out))

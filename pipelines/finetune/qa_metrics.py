@@ -21,7 +21,7 @@ Example:
     >>> tuned = tune_null_threshold(gold, {"a": "Broncos", "b": "Denver"},
     ...                             {"a": -1.0, "b": 2.0})
     >>> round(tuned["best_f1"], 1), tuned["best_f1_threshold"]  # answer a, not b
-    (83.3, -1.0)
+    (83.3, 0.5)
     >>> tuned["best_exact"], tuned["best_exact_threshold"]  # answering a gains no EM
     (50.0, -2.0)
 """
@@ -134,8 +134,10 @@ def tune_null_threshold(gold: list[dict[str, Any]], best_non_null: dict[str, str
     A question is answered with its best span when `score_diffs[qid]` (null score minus
     best span score) is <= the threshold, and with "" otherwise. Returns the best
     scores (%) over all thresholds and the thresholds reaching them; applying a
-    returned threshold reproduces its score. When answering nothing is best, the
-    threshold is 1.0 below the smallest difference.
+    returned threshold reproduces its score. A threshold lies midway between the last
+    answered question's difference and the next one (the official search returns the
+    former, where float noise can flip that question); when answering nothing is best,
+    it is 1.0 below the smallest difference.
 
     Same search as the official `best_f1_thresh`, except two quirks of the official
     one: it scores a no-answer question answered with text that normalises to ""
@@ -159,7 +161,11 @@ def tune_null_threshold(gold: list[dict[str, Any]], best_non_null: dict[str, str
             last_of_tie = (position + 1 == len(qids)
                            or score_diffs[qids[position + 1]] != score_diffs[qid])
             if last_of_tie and current > best:
-                best, threshold = current, score_diffs[qid]
+                # Midway to the next difference: the same decisions on this data, and
+                # robust to float noise in a reloaded model's logits.
+                following = (score_diffs[qids[position + 1]] if position + 1 < len(qids)
+                             else score_diffs[qid] + 2.0)
+                best, threshold = current, (score_diffs[qid] + following) / 2
         result[f"best_{name}"] = 100.0 * best / len(qids)
         # Only when every difference is infinite (no spans at all): any finite value.
         result[f"best_{name}_threshold"] = float(threshold) if math.isfinite(threshold) else 0.0
