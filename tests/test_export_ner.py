@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from serving import op_check
 from serving.export import export_model, tag_tables
 from serving.preprocessing import TextPreprocessor
 from tests.corpus_helpers import minilm_vocab
@@ -113,3 +114,12 @@ def test_entities_are_decoded_in_the_graph(exported):
 def test_tag_tables_read_bio_and_bioes():
     assert tag_tables(TAGS) == (["PER", "LOC"], [-1, 0, 0, 1, 1], [0, 1, 0, 1, 0])
     assert tag_tables(["O", "S-X", "E-X", "weird"]) == (["X"], [-1, 0, 0, -1], [0, 1, 0, 0])
+
+
+def test_ner_ops_are_core_or_tf_text_and_match_the_committed_list(exported):
+    classified = op_check.classify_ops(op_check.saved_model_ops(exported[1]))
+    assert op_check.check_ops(classified) == []
+    path = os.path.join(op_check.OPS_DIR, "ner_ops.txt")
+    committed = op_check.read_op_list(path) if os.path.exists(path) else {}
+    assert classified == committed, f"review, then write to {path}:\n" + (
+        op_check.format_op_list(classified))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from serving import op_check
 from serving.export import export_model
 from tests.corpus_helpers import minilm_vocab
 from tests.export_helpers import BAD_INPUTS, minilm_tokenizer, run_fresh_process
@@ -81,13 +82,14 @@ def results(tmp_path_factory):
              "bad": ("serving_default", {"question": bad, "context": bad[::-1]}),
              "zero": ("serving_default", {"question": [], "context": []}),
              "windows": ("tokenize", {"question": questions[1:2], "context": contexts[1:2]})}
-    out, info = run_fresh_process(export_qa(tmp_path_factory, version_2=True), calls)
+    path = export_qa(tmp_path_factory, version_2=True)
+    out, info = run_fresh_process(path, calls)
     assert info["forbidden_modules"] == []
-    return questions, contexts, out
+    return questions, contexts, out, path
 
 
 def test_answers_and_char_spans(results):
-    questions, contexts, out = results
+    questions, contexts, out, _ = results
     texts = [t.decode() for t in out["qa/answer_text"]]
     assert texts[0] == "New York"
     assert contexts[0][out["qa/answer_start"][0]:out["qa/answer_end"][0]] == "New York"
@@ -103,7 +105,7 @@ def test_answers_and_char_spans(results):
 
 
 def test_squad_2_null_answers(results):
-    _, _, out = results
+    _, _, out, _ = results
     texts = [t.decode() for t in out["qa/answer_text"]]
     # The null score (6) beats spans scoring 5 or less: no answer there.
     assert out["qa/has_answer"].tolist() == [True, True, False, False, False]
@@ -113,7 +115,7 @@ def test_squad_2_null_answers(results):
 
 
 def test_windows_cover_the_context_with_the_stride(results):
-    _, contexts, out = results
+    _, contexts, out, _ = results
     starts = out["windows/window_start"].tolist()
     assert starts[:3] == [0, 8, 16] and out["windows/num_windows"].tolist() == [len(starts)]
     assert out["windows/input_ids"].shape[1] <= MAX_LENGTH
@@ -123,7 +125,16 @@ def test_windows_cover_the_context_with_the_stride(results):
 
 
 def test_bad_inputs_and_empty_batch(results):
-    _, _, out = results
+    _, _, out, _ = results
     assert out["bad/answer_text"].shape == (len(BAD_INPUTS),)
     assert np.all(out["bad/answer_end"] >= out["bad/answer_start"])
     assert out["zero/answer_text"].shape == (0,)
+
+
+def test_qa_ops_are_core_or_tf_text_and_match_the_committed_list(results):
+    classified = op_check.classify_ops(op_check.saved_model_ops(results[3]))
+    assert op_check.check_ops(classified) == []
+    path = os.path.join(op_check.OPS_DIR, "qa_ops.txt")
+    committed = op_check.read_op_list(path) if os.path.exists(path) else {}
+    assert classified == committed, f"review, then write to {path}:\n" + (
+        op_check.format_op_list(classified))
