@@ -59,7 +59,7 @@ from spanbert_tf import SpanBertTokenizer
 from spanbert_tf.checkpoints import load_encoder, vocab_path
 from spanbert_tf.checkpoints.native import is_native_checkpoint
 from spanbert_tf.models.encoder import SpanBertEncoder
-from spanbert_tf.tokenizer import load_vocabulary
+from spanbert_tf.tokenizer import vocabulary_is_uncased
 from serving.preprocessing import FEATURE_NAMES, TextPreprocessor
 
 TASK_FILE = "task.json"
@@ -79,14 +79,6 @@ def text_spec(name: str) -> tf.TensorSpec:
 
 def ids_specs() -> list[tf.TensorSpec]:
     return [tf.TensorSpec([None, None], tf.int32, name=name) for name in FEATURE_NAMES]
-
-
-def infer_lowercase(tokens: Sequence[str]) -> bool:
-    """True for an uncased vocabulary: lower-casing changes no token outside [special]
-    brackets (a cased BERT vocab has thousands that it changes; an uncased one may still
-    hold capitals without a lower-case form, such as "ℝ")."""
-    return not any(token.lower() != token for token in tokens
-                   if not (token.startswith("[") and token.endswith("]")))
 
 
 def mean_pool(sequence_output: tf.Tensor, input_mask: tf.Tensor) -> tf.Tensor:
@@ -510,7 +502,7 @@ def build_serving_module(
         raise FileNotFoundError(f"{model_dir}: no {VOCAB_FILE}; the export embeds the "
                                 f"tokenizer and needs the model's vocabulary")
     if lowercase is None:
-        lowercase = infer_lowercase(load_vocabulary(vocab))
+        lowercase = vocabulary_is_uncased(vocab)
     tokenizer = SpanBertTokenizer(vocab, lowercase=lowercase)
     preprocessor = TextPreprocessor(tokenizer, length, pad_to_max_length=pad_to_max_length,
                                     replace_invalid_utf8=replace_invalid_utf8)

@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
@@ -39,41 +38,6 @@ import numpy as np
 QUANTIZATIONS = ("float32", "float16", "int8")
 TOKEN_OUTPUTS = ("input_ids", "input_mask", "segment_ids")
 TFLITE_TASKS = ("encoder", "classification")
-
-
-def tflite_gelu(x):
-    """BERT's exact GeLU in the form TFLite's converter fuses into its GELU builtin
-    (`x * 0.5 * (erf(x / sqrt(2)) + 1)`); TFLite has no Erf kernel of its own."""
-    import tensorflow as tf
-
-    return (x * tf.cast(0.5, x.dtype)) * (
-        tf.math.erf(x * tf.cast(0.7071067811865476, x.dtype)) + tf.cast(1.0, x.dtype))
-
-
-def tflite_attention_bias(input_mask):
-    """`attention_bias_from_mask` without `[:, None, None, :]` slicing (TFLite's
-    StridedSlice kernel has no new_axis_mask)."""
-    import tensorflow as tf
-
-    from spanbert_tf.models.encoder import MASK_BIAS
-
-    mask = tf.expand_dims(tf.expand_dims(tf.cast(input_mask, tf.float32), 1), 1)
-    return (1.0 - mask) * MASK_BIAS
-
-
-@contextlib.contextmanager
-def tflite_formulations():
-    """While tracing for TFLite, the encoder uses the same math written with ops the
-    converter maps to builtins (GELU; expand_dims for the attention mask)."""
-    from spanbert_tf.layers import transformer
-    from spanbert_tf.models import encoder
-
-    saved = transformer.gelu, encoder.attention_bias_from_mask
-    transformer.gelu, encoder.attention_bias_from_mask = tflite_gelu, tflite_attention_bias
-    try:
-        yield
-    finally:
-        transformer.gelu, encoder.attention_bias_from_mask = saved
 
 
 def with_text_inputs(function, pair: bool):
@@ -115,8 +79,7 @@ def tflite_function(model_dir: str, max_seq_length: int | None = None,
         result.update(features)
         return result
 
-    with tflite_formulations():
-        live = with_text_inputs(outputs, module.pair).get_concrete_function()
+    live = with_text_inputs(outputs, module.pair).get_concrete_function()
     # Frozen here: left to the converter, the Keras variables stay TFLite resource
     # variables that nothing initialises (NaN outputs). The frozen function returns its
     # outputs flat in sorted-name order; the wrapper names them again. (One signature:

@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 
 from serving import op_check
-from serving.export import export_model, infer_lowercase, next_version
+from serving.export import export_model, next_version
+from spanbert_tf.tokenizer import vocabulary_is_uncased
 from spanbert_tf import SpanBertConfig, SpanBertEncoder
 from spanbert_tf.checkpoints import save_checkpoint
 from spanbert_tf.tokenizer import load_vocabulary
@@ -134,8 +135,8 @@ def test_every_op_is_core_tensorflow_or_tf_text_and_matches_the_committed_list()
 
 
 def test_lowercase_is_inferred_from_the_vocabulary():
-    assert infer_lowercase(load_vocabulary(minilm_vocab())) is True
-    assert infer_lowercase(["[PAD]", "[UNK]", "the", "The", "##s"]) is False
+    assert vocabulary_is_uncased(load_vocabulary(minilm_vocab())) is True
+    assert vocabulary_is_uncased(["[PAD]", "[UNK]", "the", "The", "##s"]) is False
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,15 @@ def weight_initializer(stddev: float) -> keras.initializers.Initializer:
 
 
 def gelu(x: tf.Tensor) -> tf.Tensor:
-    """BERT's exact GeLU, x * Phi(x) = x * (1 + erf(x / sqrt(2))) / 2 (not the tanh form).
+    """BERT's exact GeLU, x * Phi(x) = (x / 2) * (1 + erf(x / sqrt(2))) (not the tanh form).
 
     Written with erf directly: `tf.nn.gelu(approximate=False)` lowers to an erfc form
-    with one more elementwise pass over the [tokens, 3072] activations.
+    with one more elementwise pass over the [tokens, 3072] activations. This operand
+    order is the pattern the TFLite converter fuses into its GELU builtin (TFLite has
+    no Erf kernel), so the same layers convert without rewriting.
     """
-    return x * (0.5 + 0.5 * tf.math.erf(x * tf.cast(0.7071067811865476, x.dtype)))
+    return (x * tf.cast(0.5, x.dtype)) * (
+        tf.math.erf(x * tf.cast(0.7071067811865476, x.dtype)) + tf.cast(1.0, x.dtype))
 
 
 @keras.saving.register_keras_serializable(package="spanbert_tf")

@@ -26,7 +26,8 @@ def as_config(config: SpanBertConfig | dict[str, Any] | str) -> SpanBertConfig:
 
 def attention_bias_from_mask(input_mask: tf.Tensor) -> tf.Tensor:
     """[batch, seq] 1/0 mask -> [batch, 1, 1, seq] additive bias (0 or MASK_BIAS)."""
-    mask = tf.cast(input_mask, tf.float32)[:, tf.newaxis, tf.newaxis, :]
+    # expand_dims rather than [:, None, None, :]: TFLite's StridedSlice has no new axes.
+    mask = tf.expand_dims(tf.expand_dims(tf.cast(input_mask, tf.float32), 1), 1)
     return (1.0 - mask) * MASK_BIAS
 
 
