@@ -24,6 +24,19 @@ def as_config(config: SpanBertConfig | dict[str, Any] | str) -> SpanBertConfig:
     return SpanBertConfig.from_dict(dict(config))
 
 
+def encoder_for(owner: str, config, encoder: "SpanBertEncoder | None", dtype=None
+                ) -> "SpanBertEncoder":
+    """The encoder a model built on `SpanBertEncoder` wraps: `encoder` as given, or a new
+    one from `config`. Fails when neither, or two disagreeing ones, are passed."""
+    if encoder is None:
+        if config is None:
+            raise ValueError(f"{owner} needs a config or an encoder")
+        return SpanBertEncoder(config, name="encoder", dtype=dtype)
+    if config is not None and as_config(config) != encoder.config:
+        raise ValueError("config and encoder.config disagree; pass only one of them")
+    return encoder
+
+
 def attention_bias_from_mask(input_mask: tf.Tensor) -> tf.Tensor:
     """[batch, seq] 1/0 mask -> [batch, 1, 1, seq] additive bias (0 or MASK_BIAS)."""
     # expand_dims rather than [:, None, None, :]: TFLite's StridedSlice has no new axes.

@@ -10,7 +10,7 @@ import tensorflow as tf
 from spanbert_tf.config import SpanBertConfig
 from spanbert_tf.layers.mlm_head import MaskedLMHead
 from spanbert_tf.layers.sbo_head import SpanBoundaryHead
-from spanbert_tf.models.encoder import SpanBertEncoder, as_config
+from spanbert_tf.models.encoder import SpanBertEncoder, encoder_for
 
 PRETRAINING_FEATURES = (
     "input_ids", "input_mask", "segment_ids",
@@ -102,12 +102,7 @@ class SpanBertPretrainer(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if encoder is None:
-            if config is None:
-                raise ValueError("SpanBertPretrainer needs a config or an encoder")
-            encoder = SpanBertEncoder(config, name="encoder", dtype=kwargs.get("dtype"))
-        elif config is not None and as_config(config) != encoder.config:
-            raise ValueError("config and encoder.config disagree; pass only one of them")
+        encoder = encoder_for("SpanBertPretrainer", config, encoder, kwargs.get("dtype"))
         self.encoder = encoder
         c: SpanBertConfig = encoder.config
         self.config = c

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from spanbert_tf.config import SpanBertConfig
 from spanbert_tf.layers.common import dense
-from spanbert_tf.models.encoder import SpanBertEncoder, as_config
+from spanbert_tf.models.encoder import SpanBertEncoder, encoder_for
 
 # Logit given to padding positions; exp(-1e4 - max) is exactly 0 in float32.
 PADDING_LOGIT = -10000.0
@@ -99,12 +99,7 @@ class SpanBertQuestionAnswering(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if encoder is None:
-            if config is None:
-                raise ValueError("SpanBertQuestionAnswering needs a config or an encoder")
-            encoder = SpanBertEncoder(config, name="encoder", dtype=kwargs.get("dtype"))
-        elif config is not None and as_config(config) != encoder.config:
-            raise ValueError("config and encoder.config disagree; pass only one of them")
+        encoder = encoder_for("SpanBertQuestionAnswering", config, encoder, kwargs.get("dtype"))
         self.encoder = encoder
         self.config: SpanBertConfig = encoder.config
         self.span_head = dense(2, self.config.initializer_range, name="span_head")
