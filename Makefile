@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/spanbert-tf demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q -rs tests
+	$(BIN)/python -m pytest -m "not slow" -q -rs --durations=15 tests
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q -rs tests
