@@ -11,11 +11,20 @@ At evaluation, examples whose gold label never occurred in training are predicte
 left out of the metrics, and counted per label in metrics.json (`unseen_labels`).
 Examples with an empty text are skipped and counted (`skipped_empty_text`).
 
+Pair encoding: `--pair-encoding cross` (default) packs a pair into one input, as above;
+`--pair-encoding siamese` (Sentence-BERT) packs each text on its own as `[CLS] text [SEP]`
+(each truncated to `--max-seq-length`), encodes both with the same encoder and
+classifies `[u, v, |u - v|]` of the pooled vectors (`SpanBertClassifier`). `--pooling`
+picks the vector: `cls` (pooler on [CLS], the default for cross) or `mean` (masked mean
+of the token vectors, the default for siamese: what sentence-transformers checkpoints
+were trained with). Both choices are recorded in task.json (`pair_encoding`, `pooling`).
+
 Long documents: inputs longer than the window are truncated (longer text first) and
 counted, unless `--long-document`: then the first text is split into overlapping
 chunks of the window (`--chunk-overlap` tokens shared by neighbours; the second text of
 a pair is kept in every chunk, at most half the window). Training uses every chunk with
-the document's label; a prediction is the mean of its chunks' logits.
+the document's label; a prediction is the mean of its chunks' logits. Cross encoding
+only: `--long-document` with `--pair-encoding siamese` is an error.
 
 Metrics: accuracy, macro-F1, Matthews correlation, and F1 of the second label for two
 classes (GLUE's F1 with labels 0/1); Pearson, Spearman and MSE for regression; plus the
@@ -55,6 +64,8 @@ HELP = ("sequence classification or regression (GLUE-style TSV/CSV or JSONL, sin
         "texts or pairs, optional long-document chunking)")
 # DESIGN.md section 3: GLUE fine-tuning uses sequence length 128 and 10 epochs.
 DEFAULTS = {"epochs": 10.0, "max_seq_length": 128}
+PAIR_ENCODINGS = ("cross", "siamese")
+POOLINGS = ("cls", "mean")
 DEFAULT_TEXT_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"),
                         ("sentence",), ("text",))
 MAX_LISTED_LINES = 20
@@ -212,12 +223,26 @@ class Encoding:
 
 def encode_examples(examples: Sequence[Example], tokenizer, max_seq_length: int,
                     targets: np.ndarray | None, long_document: bool = False,
-                    chunk_overlap: int = 64, progress: bool = False) -> Encoding:
-    """Token rows of `examples`; `targets` (one per example) become the row labels."""
+                    chunk_overlap: int = 64, progress: bool = False,
+                    pair_encoding: str = "cross") -> Encoding:
+    """Token rows of `examples`; `targets` (one per example) become the row labels.
+
+    `pair_encoding="siamese"`: each text of a pair is packed on its own (the second
+    ones into `EncodedExamples.second`); `truncated` counts truncated texts.
+    """
     firsts = tokenize_texts(tokenizer, [e.texts[0] for e in examples], progress)
     pair = len(examples[0].texts) == 2 if examples else False
     seconds = tokenize_texts(tokenizer, [e.texts[1] for e in examples], progress) if pair \
         else [None] * len(examples)
+    if pair_encoding == "siamese":
+        if not pair:
+            raise ValueError("--pair-encoding siamese needs sentence pairs (two text columns)")
+        if long_document:
+            raise ValueError("--long-document chunks cross-encoded inputs; it cannot be "
+                             "combined with --pair-encoding siamese")
+        second, second_cut = encode_singles(seconds, tokenizer, max_seq_length)
+        first, first_cut = encode_singles(firsts, tokenizer, max_seq_length, targets, second)
+        return Encoding(first, first_cut + second_cut, np.ones(len(examples), np.int64))
     ids, segments, labels, source = [], [], [], []
     truncated = 0
     chunks = np.zeros(len(examples), np.int64)
@@ -243,6 +268,20 @@ def encode_examples(examples: Sequence[Example], tokenizer, max_seq_length: int,
     label_array = None if targets is None else np.asarray(labels, targets.dtype)
     return Encoding(EncodedExamples(ids, segments, label_array, np.array(source, np.int64)),
                     truncated, chunks)
+
+
+def encode_singles(texts: Sequence[np.ndarray], tokenizer, max_seq_length: int,
+                   targets: np.ndarray | None = None, second: EncodedExamples | None = None
+                   ) -> tuple[EncodedExamples, int]:
+    """`[CLS] text [SEP]` rows, one per text, and how many were truncated."""
+    ids, segments, truncated = [], [], 0
+    for tokens in texts:
+        row_ids, row_segments, cut = pack_sequences(
+            tokenizer.cls_id, tokenizer.sep_id, tokens, None, max_seq_length)
+        truncated += cut
+        ids.append(np.array(row_ids, np.int32))
+        segments.append(np.array(row_segments, np.int32))
+    return EncodedExamples(ids, segments, targets, second=second), truncated
 
 
 def aggregate_chunks(row_logits: np.ndarray, source: np.ndarray, num_examples: int) -> np.ndarray:
@@ -305,7 +344,8 @@ def evaluate_file(model: keras.Model, tokenizer, metadata: dict[str, Any], path:
     regression = metadata["regression"]
     encoding = encode_examples(data.examples, tokenizer, metadata["max_seq_length"], None,
                                metadata.get("long_document", False),
-                               metadata.get("chunk_overlap", 64), progress)
+                               metadata.get("chunk_overlap", 64), progress,
+                               metadata.get("pair_encoding", "cross"))
     row_logits = predict_logits(model, encoding.encoded, batch_size,
                                 metadata["max_seq_length"], tokenizer.pad_id, progress)
     logits = aggregate_chunks(row_logits, encoding.encoded.source, len(data.examples))
@@ -397,13 +437,35 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
                            "(default: %(default)s)")
     task.add_argument("--no-pooler", action="store_true",
                       help="classify [CLS] directly, without the (freshly initialised) "
-                           "BERT pooler layer")
+                           "BERT pooler layer (mean pooling never has one)")
+    task.add_argument("--pair-encoding", choices=PAIR_ENCODINGS, default="cross",
+                      help="cross: one input [CLS] A [SEP] B [SEP]; siamese: each text "
+                           "encoded on its own by the shared encoder, classify "
+                           "[u, v, |u-v|] (Sentence-BERT; for sentence-transformers "
+                           "checkpoints) (default: %(default)s)")
+    task.add_argument("--pooling", choices=POOLINGS, default=None,
+                      help="sequence vector: cls ([CLS] + pooler) or mean (masked mean of "
+                           "the token vectors) (default: cls for cross, mean for siamese)")
+
+
+def choose_pooling(args: argparse.Namespace) -> str:
+    if args.pooling is not None:
+        return args.pooling
+    return "mean" if args.pair_encoding == "siamese" else "cls"
 
 
 def finetune(args: argparse.Namespace) -> dict[str, Any]:
+    pooling = choose_pooling(args)
+    if args.pair_encoding == "siamese" and args.long_document:
+        raise ValueError("--long-document chunks cross-encoded inputs; it cannot be "
+                         "combined with --pair-encoding siamese")
     settings, tokenizer = start_finetuning(args)
     train = read_examples(settings.train_file, parse_columns(args.text_columns),
                           args.label_column, require_labels=True)
+    if args.pair_encoding == "siamese" and len(train.text_columns) != 2:
+        raise input_error(settings.train_file, None,
+                          f"--pair-encoding siamese needs two text columns, found "
+                          f"{', '.join(train.text_columns)}")
     if settings.max_train_examples:
         train.examples = train.examples[:settings.max_train_examples]
     if not train.examples:
@@ -419,12 +481,14 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
         index = {label: position for position, label in enumerate(labels)}
         targets = np.array([index[e.label] for e in train.examples], np.int32)
     encoding = encode_examples(train.examples, tokenizer, settings.max_seq_length, targets,
-                               args.long_document, args.chunk_overlap, settings.progress)
+                               args.long_document, args.chunk_overlap, settings.progress,
+                               args.pair_encoding)
     encoded = encoding.encoded
+    use_pooler = pooling == "cls" and not args.no_pooler
 
     def build(encoder):
-        return SpanBertClassifier(encoder, num_labels=len(labels),
-                                  use_pooler=not args.no_pooler)
+        return SpanBertClassifier(encoder, num_labels=len(labels), use_pooler=use_pooler,
+                                  pooling=pooling, pair_encoding=args.pair_encoding)
 
     if args.regression:
         loss, metrics = keras.losses.MeanSquaredError(), [keras.metrics.MeanSquaredError(
@@ -444,7 +508,7 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
         "lowercase": tokenizer.lowercase, "text_columns": list(train.text_columns),
         "label_column": args.label_column, "regression": bool(args.regression),
         "long_document": bool(args.long_document), "chunk_overlap": args.chunk_overlap,
-        "use_pooler": not args.no_pooler,
+        "use_pooler": use_pooler, "pooling": pooling, "pair_encoding": args.pair_encoding,
         "majority_label": None if args.regression else max(
             labels, key=lambda label: (counts[label], -labels.index(label))),
         "train_mean_target": float(np.mean(targets)) if args.regression else None,

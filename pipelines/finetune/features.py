@@ -39,6 +39,8 @@ import tensorflow as tf
 from pipelines.bucketing import bucket_by_length, choose_boundaries
 
 INPUT_KEYS = ("input_ids", "input_mask", "segment_ids")
+# The second text of a siamese (bi-encoder) pair, packed on its own.
+SECOND_INPUT_KEYS = ("input_ids_b", "input_mask_b", "segment_ids_b")
 IGNORED_LABEL = -1
 TOKENIZE_CHUNK = 4096
 
@@ -203,17 +205,22 @@ class EncodedExamples:
             no label applies).
         source: index of the source example of each row (several rows per example
             when a long input is split into chunks); default 0..N-1.
+        second: siamese pairs: the second text of each row, packed on its own (its
+            rows become the `*_b` inputs; labels and source are this object's).
     """
 
     input_ids: list[np.ndarray]
     segment_ids: list[np.ndarray]
     labels: np.ndarray | list[np.ndarray] | None = None
     source: np.ndarray | None = None
+    second: "EncodedExamples | None" = None
 
     def __post_init__(self) -> None:
         count = len(self.input_ids)
         if len(self.segment_ids) != count:
             raise ValueError(f"{count} input_ids rows but {len(self.segment_ids)} segment_ids")
+        if self.second is not None and len(self.second) != count:
+            raise ValueError(f"{count} rows but {len(self.second)} second-text rows")
         if self.labels is not None and len(self.labels) != count:
             raise ValueError(f"{count} rows but {len(self.labels)} labels")
         self.source = (np.arange(count, dtype=np.int64) if self.source is None
@@ -226,7 +233,11 @@ class EncodedExamples:
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.array([len(ids) for ids in self.input_ids], np.int64)
+        """Tokens per row (for pairs, the longer of the two texts: the bucketing key)."""
+        lengths = np.array([len(ids) for ids in self.input_ids], np.int64)
+        if self.second is not None:
+            lengths = np.maximum(lengths, self.second.lengths)
+        return lengths
 
     @property
     def token_labels(self) -> bool:
@@ -235,29 +246,36 @@ class EncodedExamples:
     def take(self, count: int) -> "EncodedExamples":
         """The first `count` rows."""
         labels = None if self.labels is None else self.labels[:count]
+        second = None if self.second is None else self.second.take(count)
         return EncodedExamples(self.input_ids[:count], self.segment_ids[:count], labels,
-                               self.source[:count])
+                               self.source[:count], second)
+
+    def token_columns(self) -> dict[str, tuple[tf.Tensor, tf.Tensor]]:
+        """input_ids and segment_ids as `ragged_column`s."""
+        return {"input_ids": ragged_column(self.input_ids),
+                "segment_ids": ragged_column(self.segment_ids)}
 
     def dataset(self) -> tf.data.Dataset:
-        """One element per row: input_ids, input_mask, segment_ids, row (+ labels)."""
+        """One element per row: input_ids, input_mask, segment_ids, row (+ labels, + the
+        `*_b` inputs of the second texts)."""
         if not len(self):
             raise ValueError("no examples to build a dataset from")
-        splits = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
-        columns = {
-            "input_ids": tf.constant(np.concatenate(self.input_ids).astype(np.int32)),
-            "segment_ids": tf.constant(np.concatenate(self.segment_ids).astype(np.int32)),
-        }
+        columns = self.token_columns()
+        if self.second is not None:
+            columns.update({f"{name}_b": values for name, values
+                            in self.second.token_columns().items()})
         labels = None
         if self.token_labels:
-            columns["labels"] = tf.constant(np.concatenate(self.labels).astype(np.int32))
+            columns["labels"] = ragged_column(self.labels)
         elif self.labels is not None:
             labels = tf.constant(np.asarray(self.labels))
-        row_splits = tf.constant(splits)
 
         def element(row):
-            start, end = row_splits[row], row_splits[row + 1]
-            features = {name: values[start:end] for name, values in columns.items()}
+            features = {name: values[splits[row]:splits[row + 1]]
+                        for name, (values, splits) in columns.items()}
             features["input_mask"] = tf.ones_like(features["input_ids"])
+            if self.second is not None:
+                features["input_mask_b"] = tf.ones_like(features["input_ids_b"])
             features["row"] = row
             if labels is not None:
                 features["labels"] = labels[row]
@@ -267,8 +285,14 @@ class EncodedExamples:
                                                     num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def ragged_column(rows: Sequence[np.ndarray]) -> tuple[tf.Tensor, tf.Tensor]:
+    """int32 rows of different lengths as (concatenated values, row splits)."""
+    splits = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
+    return tf.constant(np.concatenate(rows).astype(np.int32)), tf.constant(splits)
+
+
 def padding_values(element_spec: dict[str, tf.TensorSpec], pad_id: int) -> dict[str, tf.Tensor]:
-    values = {"input_ids": pad_id, "labels": IGNORED_LABEL}
+    values = {"input_ids": pad_id, "input_ids_b": pad_id, "labels": IGNORED_LABEL}
     return {name: tf.constant(values.get(name, 0), spec.dtype)
             for name, spec in element_spec.items()}
 
@@ -276,13 +300,26 @@ def padding_values(element_spec: dict[str, tf.TensorSpec], pad_id: int) -> dict[
 def bucketed(dataset: tf.data.Dataset, lengths: np.ndarray, batch_size: int,
              max_seq_length: int, pad_id: int) -> tf.data.Dataset:
     boundaries = choose_boundaries(lengths, max_length=max_seq_length)
-    return bucket_by_length(dataset, batch_size, key="input_ids", boundaries=boundaries,
+    return bucket_by_length(dataset, batch_size, length_fn=row_length, boundaries=boundaries,
                             padding_values=padding_values(dataset.element_spec, pad_id))
 
 
+def row_length(element: dict[str, tf.Tensor]) -> tf.Tensor:
+    """Bucketing key: tokens of the row (of its longer text for siamese pairs)."""
+    length = tf.shape(element["input_ids"])[0]
+    if "input_ids_b" in element:
+        length = tf.maximum(length, tf.shape(element["input_ids_b"])[0])
+    return length
+
+
+def model_inputs(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """The model inputs of a batch: the three BERT inputs (+ the `*_b` ones of pairs)."""
+    return {name: batch[name] for name in INPUT_KEYS + SECOND_INPUT_KEYS if name in batch}
+
+
 def inputs_and_labels(batch: dict[str, tf.Tensor]):
-    """(x, y) for `fit`: x the three model inputs, y the labels."""
-    return {name: batch[name] for name in INPUT_KEYS}, batch["labels"]
+    """(x, y) for `fit`: x the model inputs, y the labels."""
+    return model_inputs(batch), batch["labels"]
 
 
 def training_batches(encoded: EncodedExamples, batch_size: int, max_seq_length: int,

@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.callbacks import TrainingLogger
-from pipelines.finetune.features import (INPUT_KEYS, EncodedExamples, check_input_file,
+from pipelines.finetune.features import (EncodedExamples, check_input_file, model_inputs,
                                          prediction_batches, progress_bar)
 from pipelines.optimization import create_optimizer
 from pipelines.pretrain import PRECISIONS, multi_step_train_function, strategy_name
@@ -428,7 +428,7 @@ def predict_logits(model: keras.Model, encoded: EncodedExamples, batch_size: int
     lengths = encoded.lengths
     bar = progress_bar(len(encoded), "predicting") if progress else None
     for batch in prediction_batches(encoded, batch_size, max_seq_length, pad_id):
-        logits = forward({name: batch[name] for name in INPUT_KEYS}).numpy()
+        logits = forward(model_inputs(batch)).numpy()
         for row, values in zip(batch["row"].numpy(), logits):
             results[row] = values[:lengths[row]] if values.ndim == 2 else values
         if bar is not None:

@@ -65,3 +65,15 @@ def tied_logits(hidden: tf.Tensor, embeddings: tf.Variable, bias: tf.Variable) -
     logits = tf.nn.bias_add(logits, tf.cast(bias, tf.float32))
     out_shape = tf.concat([tf.shape(hidden)[:-1], [tf.shape(matrix)[0]]], axis=0)
     return tf.reshape(logits, out_shape)
+
+
+def masked_mean(sequence: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean of the vectors of `sequence` [B, L, H] where `mask` [B, L] is non-zero.
+
+    Sentence-transformers' MEAN pooling: [CLS] and [SEP] count as real tokens, padding
+    does not; an all-padding row gives zeros. expand_dims rather than [:, :, None]:
+    TFLite's StridedSlice rejects new_axis_mask.
+    """
+    weights = tf.expand_dims(tf.cast(mask, sequence.dtype), -1)
+    total = tf.reduce_sum(sequence * weights, axis=1)
+    return total / tf.maximum(tf.reduce_sum(weights, axis=1), tf.cast(1.0, sequence.dtype))

@@ -1,4 +1,4 @@
-"""Sequence classification / regression on the [CLS] token of a SpanBERT encoder."""
+"""Sequence classification / regression on a SpanBERT encoder: cross- or bi-encoded pairs."""
 
 from __future__ import annotations
 
@@ -7,26 +7,53 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from spanbert_tf.layers.common import dense
+from spanbert_tf.layers.common import dense, masked_mean
 from spanbert_tf.models.encoder import SpanBertEncoder
+
+POOLINGS = ("cls", "mean")
+PAIR_ENCODINGS = ("cross", "siamese")
+INPUT_NAMES = ("input_ids", "input_mask", "segment_ids")
+# Siamese models read the second text under these names.
+SECOND_INPUT_NAMES = tuple(f"{name}_b" for name in INPUT_NAMES)
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
 
 
 @keras.saving.register_keras_serializable(package="spanbert_tf")
 class SpanBertClassifier(keras.Model):
-    """Classifies a sequence (or a sentence pair) from the encoder's [CLS] vector.
+    """Classifies a sequence or a sentence pair from pooled encoder outputs.
 
-    The head is BERT's `BertForSequenceClassification`, which the official SpanBERT
-    GLUE and TACRED scripts fine-tune: pooler (Dense H -> H, tanh) on the [CLS] vector,
-    dropout, then a linear layer to `num_labels` logits. SpanBERT was pretrained without
-    NSP, so its checkpoints have no trained pooler: the pooler starts from BERT's
-    initialisation (truncated normal, stddev `initializer_range`) exactly as in the
-    official fine-tuning. `use_pooler=False` drops it ([CLS] -> dropout -> linear).
+    Default (`pooling="cls"`, `pair_encoding="cross"`): BERT's
+    `BertForSequenceClassification`, which the official SpanBERT GLUE and TACRED
+    scripts fine-tune: one input `[CLS] A [SEP] B [SEP]`, pooler (Dense H -> H, tanh) on
+    the [CLS] vector, dropout, then a linear layer to `num_labels` logits. SpanBERT was
+    pretrained without NSP, so its checkpoints have no trained pooler: the pooler starts
+    from BERT's initialisation (truncated normal, stddev `initializer_range`) exactly as
+    in the official fine-tuning. `use_pooler=False` drops it ([CLS] -> dropout -> linear).
+
+    `pooling="mean"`: the masked mean of the sequence output over real tokens ([CLS]
+    and [SEP] included, padding excluded), as sentence-transformers' MEAN pooling; no
+    pooler layer (`use_pooler` defaults to False and may not be True).
+
+    `pair_encoding="siamese"` (Sentence-BERT, Reimers & Gurevych 2019, classification
+    objective): each text is encoded on its own by the same encoder (shared weights,
+    one encoder called twice), pooled to u and v, and the head classifies the SBERT
+    default features `[u, v, |u - v|]` (3 H) -> dropout -> linear. This is the mode
+    for sentence-transformers bi-encoder checkpoints (e.g. all-MiniLM-L6-v2), whose
+    cross-encoded pairs carry no pair signal; use it with `pooling="mean"`.
 
     With `num_labels=1` the single logit is a regression output (train with mean
-    squared error). Relation extraction (TACRED) uses this model on inputs whose
-    subject and object spans were replaced by entity-marker tokens.
+    squared error); a siamese regression model uses the same linear head on
+    `[u, v, |u - v|]` (not the cosine of u and v). Relation extraction (TACRED) uses the
+    cross model on inputs whose subject and object spans were replaced by entity markers.
 
-    Inputs: dict with `input_ids`, `input_mask`, `segment_ids` [batch, seq].
+    Inputs: dict with `input_ids`, `input_mask`, `segment_ids` [batch, seq]; siamese
+    models also take the second text as `input_ids_b`, `input_mask_b`, `segment_ids_b`
+    [batch, seq_b] (each text packed as `[CLS] text [SEP]`, segment ids 0).
     Outputs: dict with `logits` [batch, num_labels] (float32, also under mixed precision).
 
     Example:
@@ -38,13 +65,29 @@ class SpanBertClassifier(keras.Model):
         >>> model({"input_ids": ids, "input_mask": ids != 0,
         ...        "segment_ids": np.zeros_like(ids)})["logits"].shape
         TensorShape([1, 3])
+        >>> siamese = SpanBertClassifier(encoder, num_labels=2, pooling="mean",
+        ...                              pair_encoding="siamese")
+        >>> ids_b = np.array([[2, 11, 3]])
+        >>> siamese({"input_ids": ids, "input_mask": ids != 0,
+        ...          "segment_ids": np.zeros_like(ids), "input_ids_b": ids_b,
+        ...          "input_mask_b": ids_b != 0,
+        ...          "segment_ids_b": np.zeros_like(ids_b)})["logits"].shape
+        TensorShape([1, 2])
     """
 
     def __init__(self, encoder: SpanBertEncoder, num_labels: int, dropout: float | None = None,
-                 use_pooler: bool = True, **kwargs):
+                 use_pooler: bool | None = None, pooling: str = "cls",
+                 pair_encoding: str = "cross", **kwargs):
         super().__init__(**kwargs)
         if int(num_labels) < 1:
             raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+        self.pooling = check_choice("pooling", pooling, POOLINGS)
+        self.pair_encoding = check_choice("pair_encoding", pair_encoding, PAIR_ENCODINGS)
+        if use_pooler is None:
+            use_pooler = pooling == "cls"
+        if use_pooler and pooling == "mean":
+            raise ValueError("use_pooler=True needs pooling='cls' (the BERT pooler acts on "
+                             "the [CLS] vector); mean pooling has no pooler layer")
         self.encoder = encoder
         self.num_labels = int(num_labels)
         config = encoder.config
@@ -56,21 +99,42 @@ class SpanBertClassifier(keras.Model):
         self.classifier = dense(self.num_labels, config.initializer_range, "classifier")
         self.build()
 
+    @property
+    def siamese(self) -> bool:
+        return self.pair_encoding == "siamese"
+
     def build(self, input_shape=None) -> None:
         # Weight shapes follow from the encoder config: build now, so that the model
         # can load weights (and be saved) before it has seen data.
         hidden = self.encoder.config.hidden_size
         if self.pooler is not None:
             self.pooler.build((None, hidden))
-        self.classifier.build((None, hidden))
+        self.classifier.build((None, 3 * hidden if self.siamese else hidden))
         self.built = True
 
-    def call(self, inputs, training=None):
+    def pool(self, inputs, training=None) -> tf.Tensor:
+        """[batch, hidden] vector of each sequence of `inputs` (the three BERT inputs)."""
         sequence = self.encoder(inputs, training=training)["sequence_output"]
+        if self.pooling == "mean":
+            return masked_mean(sequence, inputs["input_mask"])
         pooled = sequence[:, 0, :]
         if self.pooler is not None:
             pooled = tf.tanh(self.pooler(pooled))
-        logits = self.classifier(self.dropout(pooled, training=training))
+        return pooled
+
+    def call(self, inputs, training=None):
+        first = {name: inputs[name] for name in INPUT_NAMES}
+        if self.siamese:
+            missing = [name for name in SECOND_INPUT_NAMES if name not in inputs]
+            if missing:
+                raise ValueError(f"a siamese classifier needs the second text's inputs "
+                                 f"{', '.join(missing)} besides {', '.join(INPUT_NAMES)}")
+            u = self.pool(first, training)
+            v = self.pool({name: inputs[f"{name}_b"] for name in INPUT_NAMES}, training)
+            features = tf.concat([u, v, tf.abs(u - v)], axis=-1)
+        else:
+            features = self.pool(first, training)
+        logits = self.classifier(self.dropout(features, training=training))
         return {"logits": tf.cast(logits, tf.float32)}
 
     def get_config(self) -> dict[str, Any]:
@@ -79,7 +143,8 @@ class SpanBertClassifier(keras.Model):
                 "dtype": base.get("dtype"),
                 "encoder": keras.saving.serialize_keras_object(self.encoder),
                 "num_labels": self.num_labels, "dropout": self.dropout_rate,
-                "use_pooler": self.use_pooler}
+                "use_pooler": self.use_pooler, "pooling": self.pooling,
+                "pair_encoding": self.pair_encoding}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "SpanBertClassifier":
