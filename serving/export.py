@@ -19,6 +19,11 @@ Signatures (all batch-dynamic; texts are a 1-D `tf.string` batch named `text`, p
                     probabilities [B, C], label_ids int32 [B], label_names string [B]
                     (regression models: logits [B, 1], scores [B])
                     predict_ids(input_ids, input_mask, segment_ids) -> same
+                    siamese pair models (task.json `pair_encoding: siamese`): the same
+                    serving_default, each text tokenized and packed on its own in the
+                    graph; predict_ids and tokenize also take/return the second text's
+                    input_ids_b, input_mask_b, segment_ids_b (tokenize: + token_starts_b,
+                    token_ends_b)
     ner             serving_default(text) -> logits [B, L, T], tag_ids int32 [B, L],
                     tag_names string [B, L], num_entities int32 [B], and per entity,
                     dense [B, E] (E = most entities in the batch): entity_types,
@@ -58,6 +63,7 @@ import tensorflow as tf
 from spanbert_tf import SpanBertTokenizer
 from spanbert_tf.checkpoints import load_encoder, vocab_path
 from spanbert_tf.checkpoints.native import is_native_checkpoint
+from spanbert_tf.layers.common import masked_mean
 from spanbert_tf.models.encoder import SpanBertEncoder
 from spanbert_tf.tokenizer import vocabulary_is_uncased
 from serving.preprocessing import FEATURE_NAMES, TextPreprocessor
@@ -68,6 +74,7 @@ VOCAB_FILE = "vocab.txt"
 LABELS_FILE = "labels.txt"
 METADATA_DIR = "assets.extra"
 METADATA_FILE = "export.json"
+SECOND_FEATURE_NAMES = tuple(f"{name}_b" for name in FEATURE_NAMES)
 CLASSIFICATION_TASKS = ("classification",)
 EXPORTABLE_TASKS = ("encoder", "ner", "qa") + CLASSIFICATION_TASKS
 KNOWN_TASKS = EXPORTABLE_TASKS + ("tacred",)
@@ -77,21 +84,21 @@ def text_spec(name: str) -> tf.TensorSpec:
     return tf.TensorSpec([None], tf.string, name=name)
 
 
-def ids_specs() -> list[tf.TensorSpec]:
-    return [tf.TensorSpec([None, None], tf.int32, name=name) for name in FEATURE_NAMES]
+def ids_specs(suffix: str = "") -> list[tf.TensorSpec]:
+    return [tf.TensorSpec([None, None], tf.int32, name=name + suffix) for name in FEATURE_NAMES]
 
 
 def mean_pool(sequence_output: tf.Tensor, input_mask: tf.Tensor) -> tf.Tensor:
     """Mean of the real-token vectors ([CLS] and [SEP] included, as sentence-transformers)."""
-    # expand_dims, not [:, :, tf.newaxis]: TFLite's StridedSlice rejects new_axis_mask.
-    mask = tf.expand_dims(tf.cast(input_mask, sequence_output.dtype), -1)
-    total = tf.reduce_sum(sequence_output * mask, axis=1)
-    return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+    return masked_mean(sequence_output, input_mask)
 
 
 def model_outputs(model: keras.Model, features: dict) -> dict:
-    """Calls a task model on the three BERT features; always returns a dict."""
-    outputs = model({name: features[name] for name in FEATURE_NAMES}, training=False)
+    """Calls a task model on the BERT features (+ the `*_b` ones of a siamese pair);
+    always returns a dict."""
+    names = FEATURE_NAMES + SECOND_FEATURE_NAMES
+    outputs = model({name: features[name] for name in names if name in features},
+                    training=False)
     if not isinstance(outputs, dict):
         outputs = {"logits": outputs}
     return outputs
@@ -125,16 +132,20 @@ class ServingModule(tf.Module):
         (None for the ids signature)."""
         raise NotImplementedError(f"{type(self).__name__} must define outputs()")
 
+    def features(self, text, text_pair=None, with_offsets: bool = False) -> dict:
+        """Model features of the texts (one packed sequence per text or pair)."""
+        return self.preprocessor(text, text_pair, with_offsets=with_offsets)
+
     def serve_texts(self, text, text_pair=None):
-        features = self.preprocessor(text, text_pair, with_offsets=self.needs_offsets)
+        features = self.features(text, text_pair, with_offsets=self.needs_offsets)
         return self.outputs(features, self.forward(features), (text, text_pair))
 
     def tokenize_texts(self, text, text_pair=None):
-        return self.preprocessor(text, text_pair, with_offsets=True)
+        return self.features(text, text_pair, with_offsets=True)
 
     def tokenize_ids(self, text, text_pair=None):
         """`tokenize` without character offsets (what the TFLite models can run)."""
-        return self.preprocessor(text, text_pair)
+        return self.features(text, text_pair)
 
     def serve_features(self, input_ids, input_mask, segment_ids):
         features = {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids}
@@ -180,6 +191,31 @@ class ClassifierServing(ServingModule):
         return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1),
                 "label_ids": label_ids,
                 "label_names": tf.gather(tf.constant(self.labels, tf.string), label_ids)}
+
+
+class SiameseClassifierServing(ClassifierServing):
+    """A siamese (bi-encoder) pair classifier: `text` and `text_pair` are tokenized and
+    packed separately (`[CLS] text [SEP]` each), as in fine-tuning; same outputs."""
+
+    def __init__(self, model: keras.Model, preprocessor: TextPreprocessor,
+                 labels: Sequence[str], regression: bool = False, jit_compile: bool = False):
+        super().__init__(model, preprocessor, labels, pair=True, regression=regression,
+                         jit_compile=jit_compile)
+        self.serve_ids = tf.function(self.serve_pair_features,
+                                     input_signature=ids_specs() + ids_specs("_b"))
+
+    def features(self, text, text_pair=None, with_offsets: bool = False) -> dict:
+        features = self.preprocessor(text, with_offsets=with_offsets)
+        second = self.preprocessor(text_pair, with_offsets=with_offsets)
+        features.update({f"{name}_b": value for name, value in second.items()})
+        return features
+
+    def serve_pair_features(self, input_ids, input_mask, segment_ids, input_ids_b,
+                            input_mask_b, segment_ids_b):
+        features = {"input_ids": input_ids, "input_mask": input_mask,
+                    "segment_ids": segment_ids, "input_ids_b": input_ids_b,
+                    "input_mask_b": input_mask_b, "segment_ids_b": segment_ids_b}
+        return self.outputs(features, self.forward(features), None)
 
 
 def tag_tables(labels: Sequence[str]) -> tuple[list[str], list[int], list[int]]:
@@ -486,11 +522,13 @@ def build_serving_module(
         length = max_seq_length or info.max_seq_length
         lowercase = info.lowercase if lowercase is None else lowercase
         task, labels, pair, regression = info.task, info.labels, info.pair, info.regression
+        pair_encoding = info.raw.get("pair_encoding", "cross")
     elif is_native_checkpoint(model_dir):
         vocab = vocab_path(model_dir)
         model = load_encoder(model_dir)
         length = max_seq_length or model.config.max_position_embeddings
         task, labels, pair, regression = "encoder", [], False, False
+        pair_encoding = "cross"
     else:
         raise FileNotFoundError(
             f"{model_dir}: neither a fine-tuned model directory ({TASK_FILE} + {MODEL_FILE}) "
@@ -512,9 +550,14 @@ def build_serving_module(
         module = NerServing(model, preprocessor, labels, jit_compile)
     elif task == "qa":
         module = QaServing(model, preprocessor, info, jit_compile)
+    elif pair_encoding == "siamese":
+        if not pair:
+            raise ValueError(f"{task_file}: a siamese classifier needs two text_columns")
+        module = SiameseClassifierServing(model, preprocessor, labels, regression, jit_compile)
     else:
         module = ClassifierServing(model, preprocessor, labels, pair, regression, jit_compile)
     metadata = {"task": task, "labels": labels, "pair": pair, "regression": regression,
+                "pair_encoding": pair_encoding,
                 "max_seq_length": length,
                 "lowercase": lowercase, "pad_to_max_length": pad_to_max_length,
                 "sequence_output": sequence_output, "jit_compile": jit_compile,

@@ -11,7 +11,8 @@ interpreter here (DESIGN.md section 2). Differences from the SavedModel:
 * one signature, `serving_default`, whose outputs are the SavedModel's plus the token
   features the model ran on (`input_ids`, `input_mask`, `segment_ids`), without
   character offsets (the byte-to-character conversion uses ops TFLite lacks), so NER and
-  QA are SavedModel-only.
+  QA are SavedModel-only;
+* siamese (bi-encoder) pair classifiers are SavedModel-only (not implemented here).
 
 Quantization: "float32"; "float16" (weights stored as float16, computed in float32);
 "int8" (dynamic-range: int8 weights, activations quantized on the fly).
@@ -72,6 +73,10 @@ def tflite_function(model_dir: str, max_seq_length: int | None = None,
         raise ValueError(f"TFLite conversion supports {TFLITE_TASKS} models; "
                          f"{metadata['task']!r} needs character offsets, which TFLite "
                          f"cannot compute: use the SavedModel export")
+    if metadata.get("pair_encoding") == "siamese":
+        raise ValueError(f"{model_dir}: TFLite conversion of siamese (bi-encoder) "
+                         f"classifiers is not implemented; use the SavedModel export "
+                         f"(spanbert-tf export), which tokenizes each text on its own")
 
     def outputs(text, text_pair=None):
         features = module.preprocessor(text, text_pair)
