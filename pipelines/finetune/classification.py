@@ -230,6 +230,7 @@ def encode_examples(examples: Sequence[Example], tokenizer, max_seq_length: int,
     `pair_encoding="siamese"`: each text of a pair is packed on its own (the second
     ones into `EncodedExamples.second`); `truncated` counts truncated texts.
     """
+    check_pair_encoding(pair_encoding, long_document)
     firsts = tokenize_texts(tokenizer, [e.texts[0] for e in examples], progress)
     pair = len(examples[0].texts) == 2 if examples else False
     seconds = tokenize_texts(tokenizer, [e.texts[1] for e in examples], progress) if pair \
@@ -237,9 +238,6 @@ def encode_examples(examples: Sequence[Example], tokenizer, max_seq_length: int,
     if pair_encoding == "siamese":
         if not pair:
             raise ValueError("--pair-encoding siamese needs sentence pairs (two text columns)")
-        if long_document:
-            raise ValueError("--long-document chunks cross-encoded inputs; it cannot be "
-                             "combined with --pair-encoding siamese")
         second, second_cut = encode_singles(seconds, tokenizer, max_seq_length)
         first, first_cut = encode_singles(firsts, tokenizer, max_seq_length, targets, second)
         return Encoding(first, first_cut + second_cut, np.ones(len(examples), np.int64))
@@ -268,6 +266,14 @@ def encode_examples(examples: Sequence[Example], tokenizer, max_seq_length: int,
     label_array = None if targets is None else np.asarray(labels, targets.dtype)
     return Encoding(EncodedExamples(ids, segments, label_array, np.array(source, np.int64)),
                     truncated, chunks)
+
+
+def check_pair_encoding(pair_encoding: str, long_document: bool) -> None:
+    if pair_encoding not in PAIR_ENCODINGS:
+        raise ValueError(f"--pair-encoding must be one of {PAIR_ENCODINGS}, got {pair_encoding!r}")
+    if pair_encoding == "siamese" and long_document:
+        raise ValueError("--long-document chunks cross-encoded inputs; it cannot be "
+                         "combined with --pair-encoding siamese")
 
 
 def encode_singles(texts: Sequence[np.ndarray], tokenizer, max_seq_length: int,
@@ -456,9 +462,7 @@ def choose_pooling(args: argparse.Namespace) -> str:
 
 def finetune(args: argparse.Namespace) -> dict[str, Any]:
     pooling = choose_pooling(args)
-    if args.pair_encoding == "siamese" and args.long_document:
-        raise ValueError("--long-document chunks cross-encoded inputs; it cannot be "
-                         "combined with --pair-encoding siamese")
+    check_pair_encoding(args.pair_encoding, args.long_document)
     settings, tokenizer = start_finetuning(args)
     train = read_examples(settings.train_file, parse_columns(args.text_columns),
                           args.label_column, require_labels=True)
