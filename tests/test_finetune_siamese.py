@@ -157,7 +157,7 @@ def test_cli_siamese_finetune_then_evaluate_rebuilds_the_same_model(tmp_path, ca
     code, output = run(capsys, "finetune", "classification", "--init-checkpoint",
                        tiny_checkpoint(), "--output-dir", str(model_dir), "--train-file",
                        str(data), "--dev-file", str(data), "--pair-encoding", "siamese",
-                       "--cpu-replicas", "2", "--max-steps", "2", "--batch-size", "8",
+                       "--max-steps", "2", "--batch-size", "8",
                        "--max-seq-length", "32", "--no-progress")
     assert code == 0, output
     task = json.loads((model_dir / "task.json").read_text())
