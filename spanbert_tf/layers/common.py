@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from spanbert_tf.layers.tied_cross_entropy import tied_cross_entropy
+
 
 def weight_initializer(stddev: float) -> keras.initializers.Initializer:
     """BERT's initializer: truncated normal with the configured stddev."""
@@ -77,3 +79,17 @@ def masked_mean(sequence: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     weights = tf.expand_dims(tf.cast(mask, sequence.dtype), -1)
     total = tf.reduce_sum(sequence * weights, axis=1)
     return total / tf.maximum(tf.reduce_sum(weights, axis=1), tf.cast(1.0, sequence.dtype))
+
+
+def tied_decoder_loss(hidden: tf.Tensor, embeddings: tf.Variable, bias: tf.Variable,
+                      labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Cross-entropy and argmax hits of `tied_logits(hidden, ...)` against `labels`.
+
+    Same values as softmax cross-entropy on `tied_logits`, computed chunk by chunk over
+    the vocabulary without materialising the logits (see `tied_cross_entropy`).
+    Returns float32 (loss, hits), both shaped like `labels`.
+    """
+    flat = tf.reshape(hidden, [-1, tf.shape(hidden)[-1]])
+    loss, hits = tied_cross_entropy(flat, tf.cast(embeddings, hidden.dtype), bias,
+                                    tf.reshape(labels, [-1]))
+    return tf.reshape(loss, tf.shape(labels)), tf.reshape(hits, tf.shape(labels))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from spanbert_tf.layers.common import dense, gelu, layer_norm, tied_logits
+from spanbert_tf.layers.common import dense, gelu, layer_norm, tied_decoder_loss, tied_logits
 
 
 @keras.saving.register_keras_serializable(package="spanbert_tf")
@@ -57,9 +57,17 @@ class MaskedLMHead(keras.layers.Layer):
             dtype="float32")
         self.built = True
 
-    def call(self, sequence_output, positions):
+    def hidden_states(self, sequence_output, positions):
+        """The decoder's input [B, P, H]: transform of the gathered masked positions."""
         gathered = tf.gather(sequence_output, tf.cast(positions, tf.int32), batch_dims=1)
-        hidden = self.layer_norm(gelu(self.transform(gathered)))
+        return self.layer_norm(gelu(self.transform(gathered)))
+
+    def loss(self, hidden, labels):
+        """(cross-entropy, argmax hits) [B, P] of the decoder on `hidden_states` output."""
+        return tied_decoder_loss(hidden, self.token_embedding.embeddings, self.bias, labels)
+
+    def call(self, sequence_output, positions):
+        hidden = self.hidden_states(sequence_output, positions)
         return tied_logits(hidden, self.token_embedding.embeddings, self.bias)
 
     def get_config(self) -> dict:

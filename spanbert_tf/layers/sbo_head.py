@@ -5,7 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from spanbert_tf.layers.common import dense, gelu, layer_norm, tied_logits, weight_initializer
+from spanbert_tf.layers.common import (dense, gelu, layer_norm, tied_decoder_loss, tied_logits,
+                                       weight_initializer)
 
 
 @keras.saving.register_keras_serializable(package="spanbert_tf")
@@ -75,14 +76,23 @@ class SpanBoundaryHead(keras.layers.Layer):
             dtype="float32")
         self.built = True
 
-    def call(self, sequence_output, boundaries, offsets):
+    def hidden_states(self, sequence_output, boundaries, offsets):
+        """The decoder's input [B, N, H]: two Linear-GeLU-LayerNorm layers on the span
+        boundary representations and the relative position embedding."""
         boundaries = tf.cast(boundaries, tf.int32)
         left = tf.gather(sequence_output, boundaries[..., 0], batch_dims=1)
         right = tf.gather(sequence_output, boundaries[..., 1], batch_dims=1)
         position = tf.gather(self.position_embeddings, tf.cast(offsets, tf.int32))
         features = tf.concat([left, right, tf.cast(position, left.dtype)], axis=-1)
         hidden = self.layer_norm1(gelu(self.dense1(features)))
-        hidden = self.layer_norm2(gelu(self.dense2(hidden)))
+        return self.layer_norm2(gelu(self.dense2(hidden)))
+
+    def loss(self, hidden, labels):
+        """(cross-entropy, argmax hits) [B, N] of the decoder on `hidden_states` output."""
+        return tied_decoder_loss(hidden, self.token_embedding.embeddings, self.bias, labels)
+
+    def call(self, sequence_output, boundaries, offsets):
+        hidden = self.hidden_states(sequence_output, boundaries, offsets)
         return tied_logits(hidden, self.token_embedding.embeddings, self.bias)
 
     def get_config(self) -> dict:

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from spanbert_tf.config import SpanBertConfig
+from spanbert_tf.layers.common import tied_logits
 from spanbert_tf.layers.mlm_head import MaskedLMHead
 from spanbert_tf.layers.sbo_head import SpanBoundaryHead
 from spanbert_tf.models.encoder import SpanBertEncoder, encoder_for
@@ -67,16 +68,6 @@ def global_weighted_mean(values, weights) -> tf.Tensor:
     return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(values, tf.float32) * weights), total)
 
 
-def cross_entropy(labels, logits) -> tf.Tensor:
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
-
-
-def correct_predictions(labels, logits) -> tf.Tensor:
-    return tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
-                            tf.cast(labels, tf.int32)), tf.float32)
-
-
 @keras.saving.register_keras_serializable(package="spanbert_tf")
 class SpanBertPretrainer(keras.Model):
     """Trains a `SpanBertEncoder` with the MLM and span boundary objectives.
@@ -86,6 +77,10 @@ class SpanBertPretrainer(keras.Model):
     example. Loss = mean MLM cross-entropy over masked tokens + `sbo_weight` * mean SBO
     cross-entropy over SBO targets; zero weights mark padding. Reports `mlm_loss`,
     `sbo_loss`, `mlm_accuracy` and `sbo_accuracy` beside `loss`.
+
+    `call` returns the heads' decoder inputs (`mlm_hidden`, `sbo_hidden`) and the packed
+    SBO targets; the losses are computed from them without building [rows, vocab]
+    logits (`tied_cross_entropy`). `logits(outputs)` gives the logits when wanted.
 
     Example:
         >>> import keras
@@ -133,11 +128,19 @@ class SpanBertPretrainer(keras.Model):
         num_slots = inputs["masked_lm_positions"].shape[1]
         boundaries, offsets, sbo_ids, sbo_weights = compact_span_targets(inputs, num_slots)
         return {
-            "mlm_logits": self.mlm_head(sequence_output, inputs["masked_lm_positions"]),
-            "sbo_logits": self.sbo_head(sequence_output, boundaries, offsets),
+            "mlm_hidden": self.mlm_head.hidden_states(sequence_output,
+                                                      inputs["masked_lm_positions"]),
+            "sbo_hidden": self.sbo_head.hidden_states(sequence_output, boundaries, offsets),
             "sbo_ids": sbo_ids,
             "sbo_weights": sbo_weights,
         }
+
+    def logits(self, outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """float32 vocabulary logits {"mlm_logits" [B, P, V], "sbo_logits" [B, K, V]} of
+        `call`'s outputs (training never builds them: see `compute_loss`)."""
+        embeddings = self.encoder.token_embedding.embeddings
+        return {"mlm_logits": tied_logits(outputs["mlm_hidden"], embeddings, self.mlm_head.bias),
+                "sbo_logits": tied_logits(outputs["sbo_hidden"], embeddings, self.sbo_head.bias)}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Returns this replica's share of the global-batch loss.
@@ -147,20 +150,16 @@ class SpanBertPretrainer(keras.Model):
         same trajectory as one device on the same global batch.
         """
         mlm_weights = x["masked_lm_weights"]
-        mlm_loss = global_weighted_mean(
-            cross_entropy(x["masked_lm_ids"], y_pred["mlm_logits"]), mlm_weights)
-        sbo_loss = global_weighted_mean(
-            cross_entropy(y_pred["sbo_ids"], y_pred["sbo_logits"]), y_pred["sbo_weights"])
+        mlm_losses, mlm_hits = self.mlm_head.loss(y_pred["mlm_hidden"], x["masked_lm_ids"])
+        sbo_losses, sbo_hits = self.sbo_head.loss(y_pred["sbo_hidden"], y_pred["sbo_ids"])
+        mlm_loss = global_weighted_mean(mlm_losses, mlm_weights)
+        sbo_loss = global_weighted_mean(sbo_losses, y_pred["sbo_weights"])
         # Mean metrics average over replicas; scaled shares average to the global value.
         replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
         self.mlm_loss_tracker.update_state(mlm_loss * replicas)
         self.sbo_loss_tracker.update_state(sbo_loss * replicas)
-        self.mlm_accuracy.update_state(
-            correct_predictions(x["masked_lm_ids"], y_pred["mlm_logits"]),
-            sample_weight=mlm_weights)
-        self.sbo_accuracy.update_state(
-            correct_predictions(y_pred["sbo_ids"], y_pred["sbo_logits"]),
-            sample_weight=y_pred["sbo_weights"])
+        self.mlm_accuracy.update_state(mlm_hits, sample_weight=mlm_weights)
+        self.sbo_accuracy.update_state(sbo_hits, sample_weight=y_pred["sbo_weights"])
         return mlm_loss + self.config.sbo_weight * sbo_loss
 
     def get_config(self) -> dict:
