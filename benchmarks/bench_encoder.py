@@ -9,6 +9,9 @@ against a measured fp32 GEMM peak.
 
     python benchmarks/bench_encoder.py            # full run, writes results/bench_encoder.json
     python benchmarks/bench_encoder.py --quick    # fewer rounds
+
+The process runs with `spanbert_tf.allocator.keep_freed_memory()`, as the
+`spanbert-tf` CLI does; it applies to every contender in the process alike.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.common import interleaved_medians, tf_matmul_peak_gflops, write_result  # noqa: E402
 from spanbert_tf import SpanBertConfig, SpanBertEncoder  # noqa: E402
+from spanbert_tf.allocator import keep_freed_memory  # noqa: E402
 
 SHAPES = ((8, 128), (2, 512))
 
@@ -119,6 +123,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 rounds x 2 iterations")
     parser.add_argument("--preset", default="base", help="config preset (default: base)")
     args = parser.parse_args()
+    keep_freed_memory()  # as the spanbert-tf CLI does; applies to every contender alike
     if args.quick:
         args.rounds, args.iterations = 3, 2
     config = SpanBertConfig.preset(args.preset)

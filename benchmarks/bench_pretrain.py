@@ -11,6 +11,9 @@ training step (PyTorch) after a warm-up, contenders interleaved round by round; 
 and ratios are reported.
 
     python benchmarks/bench_pretrain.py           # writes results/bench_pretrain.json
+
+The process runs with `spanbert_tf.allocator.keep_freed_memory()`, as the
+`spanbert-tf` CLI does; it applies to every contender in the process alike.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import tensorflow as tf  # noqa: E402
 from benchmarks.common import interleaved_medians, write_result  # noqa: E402
 from pipelines.optimization import AdamWGlobalClip  # noqa: E402
 from spanbert_tf import SpanBertConfig, SpanBertPretrainer  # noqa: E402
+from spanbert_tf.allocator import keep_freed_memory  # noqa: E402
 
 BATCH, LENGTH = 16, 128
 SPAN_LENGTHS = (3, 5, 4, 6, 2)  # 20 masked tokens in 5 spans
@@ -169,6 +173,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="training steps per sample")
     parser.add_argument("--no-xla", action="store_true", help="skip the XLA variants")
     args = parser.parse_args()
+    keep_freed_memory()  # as the spanbert-tf CLI does; applies to every contender alike
     config = make_config()
     batch = make_batch(config.vocab_size)
     keras.utils.set_random_seed(0)

@@ -20,6 +20,8 @@ import sys
 from importlib.metadata import entry_points
 from typing import Sequence
 
+from spanbert_tf.allocator import keep_freed_memory
+
 COMMAND_GROUP = "spanbert_tf.commands"
 
 
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
