@@ -61,13 +61,32 @@ class AdamWGlobalClip(keras.optimizers.AdamW):
     Single-device training clips exactly like `global_clipnorm`. Under a distribution
     strategy the gradient is all-reduced first, clipped, and then applied without a
     second reduction, so every replica applies the same clipped batch gradient.
+
+    `learning_rate_multipliers` maps variable paths to a factor on the learning rate
+    (e.g. a freshly initialised task head trained faster than the pretrained encoder);
+    unlisted variables use the schedule as it is.
     """
 
-    def __init__(self, clip_norm: float | None = 1.0, **kwargs):
+    def __init__(self, clip_norm: float | None = 1.0,
+                 learning_rate_multipliers: dict[str, float] | None = None, **kwargs):
         if kwargs.get("global_clipnorm") or kwargs.get("clipnorm") or kwargs.get("clipvalue"):
             raise ValueError("use clip_norm; Keras' clipping options act per replica")
         super().__init__(**kwargs)
         self.clip_norm = clip_norm
+        self.learning_rate_multipliers = dict(learning_rate_multipliers or {})
+        self._multiplier_by_index: list[float] = []
+
+    def build(self, var_list) -> None:
+        super().build(var_list)
+        self._multiplier_by_index = [float(self.learning_rate_multipliers.get(v.path, 1.0))
+                                     for v in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.learning_rate_multipliers:
+            factor = self._multiplier_by_index[self._get_variable_index(variable)]
+            if factor != 1.0:
+                learning_rate = learning_rate * tf.cast(factor, learning_rate.dtype)
+        return super().update_step(gradient, variable, learning_rate)
 
     def _clip(self, grads):
         if not self.clip_norm:
@@ -94,7 +113,8 @@ class AdamWGlobalClip(keras.optimizers.AdamW):
             list(zip(self._clip(reduced), variables)), learning_rate)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "clip_norm": self.clip_norm}
+        return {**super().get_config(), "clip_norm": self.clip_norm,
+                "learning_rate_multipliers": self.learning_rate_multipliers}
 
 
 def create_optimizer(
@@ -106,13 +126,14 @@ def create_optimizer(
     beta_2: float = 0.999,
     epsilon: float = 1e-8,
     clip_norm: float | None = 1.0,
+    learning_rate_multipliers: dict[str, float] | None = None,
 ) -> AdamWGlobalClip:
     """AdamW + warm-up/linear decay + global-norm clipping; no decay on bias/LayerNorm."""
     warmup_steps = min(warmup_steps, total_steps)
     optimizer = AdamWGlobalClip(
         learning_rate=WarmupLinearDecay(peak_learning_rate, warmup_steps, total_steps),
         weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-        clip_norm=clip_norm)
+        clip_norm=clip_norm, learning_rate_multipliers=learning_rate_multipliers)
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
     return optimizer
 

@@ -184,3 +184,45 @@ def test_cli_siamese_finetune_then_evaluate_rebuilds_the_same_model(tmp_path, ca
                        "--train-file", str(data), "--pair-encoding", "siamese",
                        "--long-document", "--max-steps", "1", "--no-progress")
     assert code != 0 and "cannot be combined with --pair-encoding siamese" in output
+
+
+def test_cosine_pair_features_classify_the_cosine_of_u_and_v():
+    keras.utils.set_random_seed(1)
+    model = SpanBertClassifier(encoder(), num_labels=2, pooling="mean", pair_encoding="siamese",
+                               pair_features="cosine")
+    assert model.classifier.kernel.shape == (1, 2)
+    logits = model(pair_inputs(IDS_A, IDS_B), training=False)["logits"].numpy()
+
+    def pooled(ids):
+        sequence = model.encoder({"input_ids": ids, "input_mask": (ids != 0).astype(np.int32),
+                                  "segment_ids": np.zeros_like(ids)})["sequence_output"].numpy()
+        return numpy_mean(sequence, ids)
+
+    u, v = pooled(IDS_A), pooled(IDS_B)
+    cosine = (u * v).sum(-1) / np.linalg.norm(u, axis=-1) / np.linalg.norm(v, axis=-1)
+    kernel, bias = model.classifier.get_weights()
+    np.testing.assert_allclose(logits, cosine[:, None] @ kernel + bias, atol=1e-5)
+    assert SpanBertClassifier.from_config(model.get_config()).pair_features == "cosine"
+    with pytest.raises(ValueError, match="needs pair_encoding='siamese'"):
+        SpanBertClassifier(encoder(), num_labels=2, pair_features="cosine")
+    with pytest.raises(ValueError, match="pair_features must be one of"):
+        SpanBertClassifier(encoder(), num_labels=2, pair_encoding="siamese", pooling="mean",
+                           pair_features="dot")
+
+
+def test_head_learning_rate_reaches_only_the_head():
+    from pipelines.finetune.trainer import TrainingSettings, head_multipliers
+
+    shared = encoder()
+    model = SpanBertClassifier(shared, num_labels=2, pooling="mean", pair_encoding="siamese",
+                               pair_features="cosine")
+    settings = TrainingSettings(init_checkpoint="x", output_dir="y", train_file="z",
+                                learning_rate=2e-5, head_learning_rate=1e-2)
+    multipliers = head_multipliers(model, shared, settings)
+    assert sorted(multipliers) == sorted(v.path for v in model.classifier.trainable_variables)
+    assert list(multipliers.values()) == pytest.approx([500.0, 500.0])
+    default = TrainingSettings(init_checkpoint="x", output_dir="y", train_file="z")
+    assert head_multipliers(model, shared, default) == {}
+    with pytest.raises(ValueError, match="--head-learning-rate must be > 0"):
+        TrainingSettings(init_checkpoint="x", output_dir="y", train_file="z",
+                         head_learning_rate=0.0)

@@ -114,3 +114,17 @@ def test_tf_config_parsing():
     assert tf_config_workers({}) == 0
     with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
         tf_config_workers({"TF_CONFIG": "{oops"})
+
+
+def test_learning_rate_multipliers_scale_listed_variables_only():
+    head = keras.Variable(np.zeros(2, "float32"), name="head")
+    body = keras.Variable(np.zeros(2, "float32"), name="body")
+    optimizer = AdamWGlobalClip(learning_rate=1e-3, weight_decay=0.0, clip_norm=None,
+                                learning_rate_multipliers={head.path: 10.0})
+    gradient = tf.constant([1.0, -2.0])
+    for _ in range(3):
+        optimizer.apply_gradients([(gradient, head), (gradient, body)])
+    np.testing.assert_allclose(head.numpy(), 10.0 * body.numpy(), rtol=1e-5)
+    assert body.numpy()[0] < 0 < body.numpy()[1]
+    clone = AdamWGlobalClip.from_config(optimizer.get_config())
+    assert clone.learning_rate_multipliers == {head.path: 10.0}

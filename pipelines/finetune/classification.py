@@ -57,15 +57,14 @@ from pipelines.finetune.features import (EncodedExamples, input_error,
 from pipelines.finetune.trainer import (add_training_arguments, finish_finetuning,
                                         predict_logits, run_evaluation, start_finetuning,
                                         train_model)
-from spanbert_tf.models.classifier import SpanBertClassifier
+from spanbert_tf.models.classifier import (PAIR_ENCODINGS, PAIR_FEATURES, POOLINGS,
+                                           SpanBertClassifier)
 
 NAME = "classification"
 HELP = ("sequence classification or regression (GLUE-style TSV/CSV or JSONL, single "
         "texts or pairs, optional long-document chunking)")
 # DESIGN.md section 3: GLUE fine-tuning uses sequence length 128 and 10 epochs.
 DEFAULTS = {"epochs": 10.0, "max_seq_length": 128}
-PAIR_ENCODINGS = ("cross", "siamese")
-POOLINGS = ("cls", "mean")
 DEFAULT_TEXT_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"),
                         ("sentence",), ("text",))
 MAX_LISTED_LINES = 20
@@ -449,6 +448,11 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
                            "encoded on its own by the shared encoder, classify "
                            "[u, v, |u-v|] (Sentence-BERT; for sentence-transformers "
                            "checkpoints) (default: %(default)s)")
+    task.add_argument("--pair-features", choices=PAIR_FEATURES, default="concat",
+                      help="siamese head input: concat ([u, v, |u-v|]) or cosine (cos(u, v) "
+                           "alone: the similarity a sentence-transformers checkpoint was "
+                           "trained for; pair it with --head-learning-rate) "
+                           "(default: %(default)s)")
     task.add_argument("--pooling", choices=POOLINGS, default=None,
                       help="sequence vector: cls ([CLS] + pooler) or mean (masked mean of "
                            "the token vectors) (default: cls for cross, mean for siamese)")
@@ -463,6 +467,8 @@ def choose_pooling(args: argparse.Namespace) -> str:
 def finetune(args: argparse.Namespace) -> dict[str, Any]:
     pooling = choose_pooling(args)
     check_pair_encoding(args.pair_encoding, args.long_document)
+    if args.pair_features != "concat" and args.pair_encoding != "siamese":
+        raise ValueError(f"--pair-features {args.pair_features} needs --pair-encoding siamese")
     settings, tokenizer = start_finetuning(args)
     train = read_examples(settings.train_file, parse_columns(args.text_columns),
                           args.label_column, require_labels=True)
@@ -492,7 +498,8 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
 
     def build(encoder):
         return SpanBertClassifier(encoder, num_labels=len(labels), use_pooler=use_pooler,
-                                  pooling=pooling, pair_encoding=args.pair_encoding)
+                                  pooling=pooling, pair_encoding=args.pair_encoding,
+                                  pair_features=args.pair_features)
 
     if args.regression:
         loss, metrics = keras.losses.MeanSquaredError(), [keras.metrics.MeanSquaredError(
@@ -513,6 +520,7 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
         "label_column": args.label_column, "regression": bool(args.regression),
         "long_document": bool(args.long_document), "chunk_overlap": args.chunk_overlap,
         "use_pooler": use_pooler, "pooling": pooling, "pair_encoding": args.pair_encoding,
+        "pair_features": args.pair_features,
         "majority_label": None if args.regression else max(
             labels, key=lambda label: (counts[label], -labels.index(label))),
         "train_mean_target": float(np.mean(targets)) if args.regression else None,

@@ -81,6 +81,8 @@ class TrainingSettings:
         batch_size: global batch (split over the replicas).
         learning_rate, warmup_fraction, weight_decay: AdamW with linear warm-up over
             `warmup_fraction` of the steps, then linear decay to 0.
+        head_learning_rate: peak learning rate of the task head's variables (everything
+            outside the encoder); None = `learning_rate`. Same schedule shape.
         max_seq_length: tokens per input row, [CLS]/[SEP] included.
         cpu_replicas: N > 1 logical CPUs under MirroredStrategy (no GPU needed).
         precision: "fp32", "mixed_float16" or "mixed_bfloat16".
@@ -100,6 +102,7 @@ class TrainingSettings:
     epochs: float = 3.0
     batch_size: int = 32
     learning_rate: float = 2e-5
+    head_learning_rate: float | None = None
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     max_seq_length: int = 128
@@ -127,6 +130,8 @@ class TrainingSettings:
             raise ValueError(f"--epochs must be > 0, got {self.epochs}")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(f"--head-learning-rate must be > 0, got {self.head_learning_rate}")
         if not 0 <= self.warmup_fraction <= 1:
             raise ValueError(f"--warmup-fraction must lie in [0, 1], got {self.warmup_fraction}")
         if self.weight_decay < 0:
@@ -163,6 +168,16 @@ class TrainingSettings:
         return dataclasses.asdict(self)
 
 
+def head_multipliers(model: keras.Model, encoder: keras.Model,
+                     settings: TrainingSettings) -> dict[str, float]:
+    """Learning-rate factors putting the head's variables at `--head-learning-rate`."""
+    if settings.head_learning_rate is None:
+        return {}
+    encoder_paths = {v.path for v in encoder.trainable_variables}
+    factor = settings.head_learning_rate / settings.learning_rate
+    return {v.path: factor for v in model.trainable_variables if v.path not in encoder_paths}
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, **task_defaults: Any) -> None:
     """Adds the shared `finetune` flags; `task_defaults` override their defaults
     (e.g. `epochs=10, max_seq_length=128`)."""
@@ -197,6 +212,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, **task_defaults: Any
                           help="global batch size, split over replicas (default: %(default)s)")
     schedule.add_argument("--learning-rate", type=float, default=2e-5,
                           help="peak learning rate (default: %(default)s)")
+    schedule.add_argument("--head-learning-rate", type=float, default=None, metavar="LR",
+                          help="peak learning rate of the task head (the layers outside the "
+                               "encoder), e.g. to train a small new head faster than the "
+                               "pretrained encoder (default: --learning-rate)")
     schedule.add_argument("--warmup-fraction", type=float, default=0.1,
                           help="fraction of the steps spent warming up (default: %(default)s)")
     schedule.add_argument("--weight-decay", type=float, default=0.01,
@@ -354,7 +373,9 @@ def train_model(
             model = build_model(encoder)
             optimizer = create_optimizer(total_steps, peak_learning_rate=settings.learning_rate,
                                          warmup_steps=warmup_steps,
-                                         weight_decay=settings.weight_decay)
+                                         weight_decay=settings.weight_decay,
+                                         learning_rate_multipliers=head_multipliers(
+                                             model, encoder, settings))
             model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics or []),
                           steps_per_execution=settings.steps_per_execution)
         build_for_fit(model, make_dataset(per_replica, None), strategy)

@@ -12,6 +12,7 @@ from spanbert_tf.models.encoder import SpanBertEncoder
 
 POOLINGS = ("cls", "mean")
 PAIR_ENCODINGS = ("cross", "siamese")
+PAIR_FEATURES = ("concat", "cosine")
 INPUT_NAMES = ("input_ids", "input_mask", "segment_ids")
 # Siamese models read the second text under these names.
 SECOND_INPUT_NAMES = tuple(f"{name}_b" for name in INPUT_NAMES)
@@ -45,6 +46,9 @@ class SpanBertClassifier(keras.Model):
     default features `[u, v, |u - v|]` (3 H) -> dropout -> linear. This is the mode
     for sentence-transformers bi-encoder checkpoints (e.g. all-MiniLM-L6-v2), whose
     cross-encoded pairs carry no pair signal; use it with `pooling="mean"`.
+    `pair_features="cosine"` classifies the single feature cos(u, v) instead (the
+    similarity such checkpoints were trained to produce): two parameters per label, so
+    it cannot overfit a small training set; give it a larger head learning rate.
 
     With `num_labels=1` the single logit is a regression output (train with mean
     squared error); a siamese regression model uses the same linear head on
@@ -77,12 +81,16 @@ class SpanBertClassifier(keras.Model):
 
     def __init__(self, encoder: SpanBertEncoder, num_labels: int, dropout: float | None = None,
                  use_pooler: bool | None = None, pooling: str = "cls",
-                 pair_encoding: str = "cross", **kwargs):
+                 pair_encoding: str = "cross", pair_features: str = "concat", **kwargs):
         super().__init__(**kwargs)
         if int(num_labels) < 1:
             raise ValueError(f"num_labels must be >= 1, got {num_labels}")
         self.pooling = check_choice("pooling", pooling, POOLINGS)
         self.pair_encoding = check_choice("pair_encoding", pair_encoding, PAIR_ENCODINGS)
+        self.pair_features = check_choice("pair_features", pair_features, PAIR_FEATURES)
+        if pair_features == "cosine" and pair_encoding != "siamese":
+            raise ValueError("pair_features='cosine' needs pair_encoding='siamese' (the "
+                             "cosine of two separately encoded texts)")
         if use_pooler is None:
             use_pooler = pooling == "cls"
         if use_pooler and pooling == "mean":
@@ -109,8 +117,13 @@ class SpanBertClassifier(keras.Model):
         hidden = self.encoder.config.hidden_size
         if self.pooler is not None:
             self.pooler.build((None, hidden))
-        self.classifier.build((None, 3 * hidden if self.siamese else hidden))
+        self.classifier.build((None, self.feature_size(hidden)))
         self.built = True
+
+    def feature_size(self, hidden: int) -> int:
+        if not self.siamese:
+            return hidden
+        return 1 if self.pair_features == "cosine" else 3 * hidden
 
     def pool(self, inputs, training=None) -> tf.Tensor:
         """[batch, hidden] vector of each sequence of `inputs` (the three BERT inputs)."""
@@ -131,7 +144,11 @@ class SpanBertClassifier(keras.Model):
                                  f"{', '.join(missing)} besides {', '.join(INPUT_NAMES)}")
             u = self.pool(first, training)
             v = self.pool({name: inputs[f"{name}_b"] for name in INPUT_NAMES}, training)
-            features = tf.concat([u, v, tf.abs(u - v)], axis=-1)
+            if self.pair_features == "cosine":
+                features = tf.reduce_sum(tf.math.l2_normalize(u, axis=-1)
+                                         * tf.math.l2_normalize(v, axis=-1), -1, keepdims=True)
+            else:
+                features = tf.concat([u, v, tf.abs(u - v)], axis=-1)
         else:
             features = self.pool(first, training)
         logits = self.classifier(self.dropout(features, training=training))
@@ -144,7 +161,7 @@ class SpanBertClassifier(keras.Model):
                 "encoder": keras.saving.serialize_keras_object(self.encoder),
                 "num_labels": self.num_labels, "dropout": self.dropout_rate,
                 "use_pooler": self.use_pooler, "pooling": self.pooling,
-                "pair_encoding": self.pair_encoding}
+                "pair_encoding": self.pair_encoding, "pair_features": self.pair_features}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "SpanBertClassifier":
