@@ -13,6 +13,19 @@ import os
 import time
 
 
+def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
+    """--max-seq-length and --lowercase/--cased of the in-graph tokenizer (export, tflite)."""
+    parser.add_argument("--max-seq-length", type=int, default=None,
+                        help="longest packed input in tokens, [CLS]/[SEP] included; longer "
+                        "inputs are truncated (default: task.json's max_seq_length, or the "
+                        "encoder's max_position_embeddings)")
+    case = parser.add_mutually_exclusive_group()
+    case.add_argument("--lowercase", dest="lowercase", action="store_true", default=None,
+                      help="uncased tokenizer (default: task.json, or inferred from the vocab)")
+    case.add_argument("--cased", dest="lowercase", action="store_false",
+                      help="cased tokenizer (default: task.json, or inferred from the vocab)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="export a SavedModel that takes raw text (TF Serving layout)",
@@ -31,15 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="version number (default: one more than the highest existing)")
     parser.add_argument("--sequence-output", action="store_true",
                         help="encoder: also return sequence_output [B, L, H] and input_mask")
-    parser.add_argument("--max-seq-length", type=int, default=None,
-                        help="longest packed input in tokens, [CLS]/[SEP] included; longer "
-                        "inputs are truncated (default: task.json's max_seq_length, or the "
-                        "encoder's max_position_embeddings)")
-    case = parser.add_mutually_exclusive_group()
-    case.add_argument("--lowercase", dest="lowercase", action="store_true", default=None,
-                      help="uncased tokenizer (default: task.json, or inferred from the vocab)")
-    case.add_argument("--cased", dest="lowercase", action="store_false",
-                      help="cased tokenizer (default: task.json, or inferred from the vocab)")
+    add_preprocessing_arguments(parser)
     parser.add_argument("--pad-to-max-length", action="store_true",
                         help="pad every request to --max-seq-length (default: pad to the "
                         "longest input of the batch, faster for short requests)")

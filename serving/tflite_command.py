@@ -12,6 +12,8 @@ import json
 import os
 import time
 
+from serving.export_command import add_preprocessing_arguments
+
 REPORT_TEXTS = [
     "The quick brown fox jumps over the lazy dog while the farmer watches from the porch.",
     "Paris is the capital and most populous city of France.",
@@ -36,14 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", metavar="OUT", help=".tflite file to write")
     parser.add_argument("--quantize", choices=("float32", "float16", "int8"), default="float32",
                         help="weights: float32, float16, or int8 dynamic-range quantization")
-    parser.add_argument("--max-seq-length", type=int, default=None,
-                        help="longest packed input in tokens (default: task.json's, or the "
-                        "encoder's max_position_embeddings)")
-    case = parser.add_mutually_exclusive_group()
-    case.add_argument("--lowercase", dest="lowercase", action="store_true", default=None,
-                      help="uncased tokenizer (default: task.json, or inferred from the vocab)")
-    case.add_argument("--cased", dest="lowercase", action="store_false",
-                      help="cased tokenizer (default: task.json, or inferred from the vocab)")
+    add_preprocessing_arguments(parser)
     parser.add_argument("--report", default=None,
                         help="JSON report path (default: OUT with .json appended)")
     parser.add_argument("--latency-runs", type=int, default=50,
