@@ -253,11 +253,10 @@ def encode_examples(examples: Sequence[Example], tokenizer, max_seq_length: int,
         else:
             pieces = [first]
         for piece in pieces:
-            row_ids, row_segments, cut = pack_sequences(
-                tokenizer.cls_id, tokenizer.sep_id, piece, second, max_seq_length)
+            row_ids, row_segments, cut = packed_row(tokenizer, piece, second, max_seq_length)
             truncated += cut
-            ids.append(np.array(row_ids, np.int32))
-            segments.append(np.array(row_segments, np.int32))
+            ids.append(row_ids)
+            segments.append(row_segments)
             source.append(index)
             if targets is not None:
                 labels.append(targets[index])
@@ -265,6 +264,14 @@ def encode_examples(examples: Sequence[Example], tokenizer, max_seq_length: int,
     label_array = None if targets is None else np.asarray(labels, targets.dtype)
     return Encoding(EncodedExamples(ids, segments, label_array, np.array(source, np.int64)),
                     truncated, chunks)
+
+
+def packed_row(tokenizer, first, second, max_seq_length: int
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+    """int32 ids and segment ids of `[CLS] first [SEP] (second [SEP])`, and whether it was cut."""
+    row_ids, row_segments, cut = pack_sequences(tokenizer.cls_id, tokenizer.sep_id, first,
+                                                second, max_seq_length)
+    return np.array(row_ids, np.int32), np.array(row_segments, np.int32), cut
 
 
 def check_pair_encoding(pair_encoding: str, long_document: bool) -> None:
@@ -281,11 +288,10 @@ def encode_singles(texts: Sequence[np.ndarray], tokenizer, max_seq_length: int,
     """`[CLS] text [SEP]` rows, one per text, and how many were truncated."""
     ids, segments, truncated = [], [], 0
     for tokens in texts:
-        row_ids, row_segments, cut = pack_sequences(
-            tokenizer.cls_id, tokenizer.sep_id, tokens, None, max_seq_length)
+        row_ids, row_segments, cut = packed_row(tokenizer, tokens, None, max_seq_length)
         truncated += cut
-        ids.append(np.array(row_ids, np.int32))
-        segments.append(np.array(row_segments, np.int32))
+        ids.append(row_ids)
+        segments.append(row_segments)
     return EncodedExamples(ids, segments, targets, second=second), truncated
 
 
