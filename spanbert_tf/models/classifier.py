@@ -51,8 +51,8 @@ class SpanBertClassifier(keras.Model):
     it cannot overfit a small training set; give it a larger head learning rate.
 
     With `num_labels=1` the single logit is a regression output (train with mean
-    squared error); a siamese regression model uses the same linear head on
-    `[u, v, |u - v|]` (not the cosine of u and v). Relation extraction (TACRED) uses the
+    squared error); a siamese regression model puts the same linear head on its pair
+    features (`[u, v, |u - v|]`, or cos(u, v) alone). Relation extraction (TACRED) uses the
     cross model on inputs whose subject and object spans were replaced by entity markers.
 
     Inputs: dict with `input_ids`, `input_mask`, `segment_ids` [batch, seq]; siamese
