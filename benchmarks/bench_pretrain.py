@@ -13,7 +13,8 @@ and ratios are reported.
     python benchmarks/bench_pretrain.py           # writes results/bench_pretrain.json
 
 The process runs with `spanbert_tf.allocator.keep_freed_memory()`, as the
-`spanbert-tf` CLI does; it applies to every contender in the process alike.
+`spanbert-tf` CLI does, and with TensorFlow's oneDNN kernels on (importing spanbert_tf
+sets TF_ENABLE_ONEDNN_OPTS=1 unless it is set); both apply to every contender alike.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import os
 import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Before TensorFlow loads, as for users: sets KERAS_BACKEND and turns oneDNN on.
+import spanbert_tf  # noqa: E402,F401
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -26,6 +26,8 @@ batch of 32 real sentences (bundled WikiText-2 test text, 8-40 words), the media
 per-round means. Every ratio is reported (time ratios: contender / torch, lower is
 better; throughput ratios: contender / torch, higher is better), against both torch
 variants. Target from the serving issue: savedmodel p50 <= 1.0x the faster torch.
+TensorFlow runs with its oneDNN kernels on (importing spanbert_tf sets
+TF_ENABLE_ONEDNN_OPTS=1 unless it is set), as the `spanbert-tf` CLI does.
 The 1-minute load average before and after goes into the result: other processes on
 this 2-core machine distort every figure, PyTorch's two OpenMP threads most.
 
@@ -43,9 +45,10 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Before TensorFlow loads, as for users: sets KERAS_BACKEND and turns oneDNN on.
+import spanbert_tf  # noqa: E402,F401
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

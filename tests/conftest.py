@@ -11,6 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Before TensorFlow loads, as for users: importing spanbert_tf turns oneDNN on.
+import spanbert_tf  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
 NUM_LOGICAL_CPUS = 2

@@ -32,8 +32,9 @@ def test_chunks_cover_the_vocabulary_once():
         vocabulary_chunks(8, 0)
 
 
+@pytest.mark.parametrize("recompute_logits", [False, True])
 @pytest.mark.parametrize("chunk_size", [1, 7, 16, 50, 4096])
-def test_matches_plain_cross_entropy_values_hits_and_gradients(chunk_size):
+def test_matches_plain_cross_entropy_values_hits_and_gradients(chunk_size, recompute_logits):
     rng = np.random.default_rng(chunk_size)
     vocab, width, rows = 50, 8, 12
     hidden = tf.constant(rng.normal(size=(rows, width)), tf.float32)
@@ -48,7 +49,8 @@ def test_matches_plain_cross_entropy_values_hits_and_gradients(chunk_size):
     upstream = tf.constant(rng.uniform(0.5, 2.0, rows), tf.float32)
 
     def chunked(h, e, b, y):
-        return tied_cross_entropy(h, e, b, y, chunk_size=chunk_size)
+        return tied_cross_entropy(h, e, b, y, chunk_size=chunk_size,
+                                  recompute_logits=recompute_logits)
 
     ours = loss_and_gradients(chunked, hidden, embeddings, bias, labels, upstream)
     plain = loss_and_gradients(plain_loss_and_hits, hidden, embeddings, bias, labels, upstream)

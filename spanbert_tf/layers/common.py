@@ -86,7 +86,7 @@ def tied_decoder_loss(hidden: tf.Tensor, embeddings: tf.Variable, bias: tf.Varia
     """Cross-entropy and argmax hits of `tied_logits(hidden, ...)` against `labels`.
 
     Same values as softmax cross-entropy on `tied_logits`, computed chunk by chunk over
-    the vocabulary without materialising the logits (see `tied_cross_entropy`).
+    the vocabulary without concatenating the logits (see `tied_cross_entropy`).
     Returns float32 (loss, hits), both shaped like `labels`.
     """
     flat = tf.reshape(hidden, [-1, tf.shape(hidden)[-1]])

@@ -9,9 +9,12 @@ with their losses took ~60% of a step of the 4-layer benchmark model).
 
 `tied_cross_entropy` walks the vocabulary in column chunks that stay in cache: the
 forward pass keeps a running log-sum-exp, the target logit and the running argmax; the
-backward pass recomputes each chunk's logits and turns them straight into the chunk's
-gradients (softmax - one-hot). Same values as the plain computation up to float
-rounding; one extra [rows, H] x [H, vocab] matmul in exchange for never storing logits.
+backward pass turns each chunk's logits straight into the chunk's gradients (softmax -
+one-hot). By default it reuses the forward pass's chunk logits (as much memory as the
+plain computation's logits, never concatenated); `recompute_logits=True` recomputes
+them instead: one extra [rows, H] x [H, vocab] matmul in exchange for never keeping
+[rows, vocab] floats alive between the passes. Same values as the plain computation up
+to float rounding.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def _chunk_logits(hidden, embeddings, bias, start: int, end: int) -> tf.Tensor:
 
 
 def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor,
-                       labels: tf.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE):
+                       labels: tf.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                       recompute_logits: bool = False):
     """Per-row softmax cross-entropy and argmax hits of `hidden @ embeddings^T + bias`.
 
     Args:
@@ -45,6 +49,9 @@ def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor
         bias: [V] float32 output bias.
         labels: [N] int target ids in [0, V).
         chunk_size: vocabulary columns per chunk.
+        recompute_logits: recompute each chunk's logits in the backward pass instead of
+            keeping them from the forward pass (saves [N, V] float32 of memory, costs
+            one more matmul).
 
     Returns:
         (loss [N] float32, correct [N] float32 with 1.0 where argmax == label). Gradients
@@ -74,8 +81,11 @@ def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor
         target_logit = tf.zeros([rows], tf.float32)
         best_logit = tf.fill([rows], tf.float32.min)
         best_id = tf.zeros([rows], tf.int32)
+        kept_logits = []
         for start, end in chunks:
             logits = _chunk_logits(hidden, embeddings, bias, start, end)
+            if not recompute_logits:
+                kept_logits.append(logits)
             chunk_max = tf.reduce_max(logits, axis=1)
             new_max = tf.maximum(running_max, chunk_max)
             sum_exp = (sum_exp * tf.exp(running_max - new_max)
@@ -95,8 +105,9 @@ def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor
         def grad(loss_grad, unused_correct_grad=None):
             hidden_grad = tf.zeros_like(hidden, dtype=tf.float32)
             embedding_grads, bias_grads = [], []
-            for start, end in chunks:
-                logits = _chunk_logits(hidden, embeddings, bias, start, end)
+            for index, (start, end) in enumerate(chunks):
+                logits = (_chunk_logits(hidden, embeddings, bias, start, end)
+                          if recompute_logits else kept_logits[index])
                 probs = tf.exp(logits - log_normaliser[:, None])
                 one_hot = tf.one_hot(labels - start, end - start, dtype=tf.float32)
                 logits_grad = (probs - one_hot) * loss_grad[:, None]

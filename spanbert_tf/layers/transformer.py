@@ -82,7 +82,9 @@ class TransformerLayer(keras.layers.Layer):
         qkv = self.qkv(hidden_2d)
         qkv = tf.reshape(qkv, [batch, length, 3, self.num_heads, self.head_size])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, batch, heads, seq, head_size]
-        query, key, value = qkv[0], qkv[1], qkv[2]
+        # unstack, not qkv[0], qkv[1], qkv[2]: each slice's gradient would write a
+        # zero-filled copy of the whole [3, ...] tensor (profiled: ~6% of a training step).
+        query, key, value = tf.unstack(qkv, num=3, axis=0)
         # Scaling the query ([.., seq, head]) is cheaper than scaling the scores ([.., seq, seq]).
         query = query * tf.cast(1.0 / math.sqrt(self.head_size), query.dtype)
         scores = tf.matmul(query, key, transpose_b=True) + attention_bias
