@@ -9,6 +9,8 @@ against a measured fp32 GEMM peak.
 
     python benchmarks/bench_encoder.py            # full run, writes results/bench_encoder.json
     python benchmarks/bench_encoder.py --quick    # fewer rounds
+    python benchmarks/bench_encoder.py --shape 2x512 --rounds 15   # one shape, more rounds
+                                                    # (writes results/bench_encoder_2x512.json)
 
 The process runs with `spanbert_tf.allocator.keep_freed_memory()`, as the
 `spanbert-tf` CLI does, and with TensorFlow's oneDNN kernels on (importing spanbert_tf
@@ -118,12 +120,25 @@ def bench_shape(config, batch, length, rounds, iterations, peak_gflops):
     return {"batch": batch, "length": length, "contenders": report, "ratios": ratios}
 
 
+def parse_shape(text: str) -> tuple[int, int]:
+    """'2x512' -> (2, 512)."""
+    try:
+        batch, length = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BATCHxSEQ such as 2x512, got {text!r}")
+    if batch < 1 or length < 1:
+        raise argparse.ArgumentTypeError(f"batch and sequence length must be >= 1: {text!r}")
+    return batch, length
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median)")
     parser.add_argument("--iterations", type=int, default=3, help="calls per timing sample")
     parser.add_argument("--quick", action="store_true", help="3 rounds x 2 iterations")
     parser.add_argument("--preset", default="base", help="config preset (default: base)")
+    parser.add_argument("--shape", type=parse_shape, action="append", metavar="BATCHxSEQ",
+                        help="shape to run, repeatable (default: 8x128 and 2x512)")
     args = parser.parse_args()
     keep_freed_memory()  # as the spanbert-tf CLI does; applies to every contender alike
     if args.quick:
@@ -132,7 +147,7 @@ def main() -> None:
     peak = tf_matmul_peak_gflops()
     print(f"fp32 matmul peak (TF, 2048^3): {peak:.0f} GFLOP/s")
     shapes = []
-    for batch, length in SHAPES:
+    for batch, length in args.shape or SHAPES:
         result = bench_shape(config, batch, length, args.rounds, args.iterations, peak)
         shapes.append(result)
         print(f"\nbatch {batch} x seq {length}")
@@ -140,7 +155,8 @@ def main() -> None:
             print(f"  {name:18s} {row['seq_per_s']:7.2f} seq/s   MFU {row['mfu']:.1%}")
         for name, ratio in result["ratios"].items():
             print(f"  {name:28s} {ratio:.3f}x")
-    path = write_result("bench_encoder", {"preset": args.preset, "peak_gflops": peak,
+    name = "bench_encoder" + "".join(f"_{b}x{n}" for b, n in args.shape or ())
+    path = write_result(name, {"preset": args.preset, "peak_gflops": peak,
                                           "rounds": args.rounds,
                                           "iterations": args.iterations, "shapes": shapes})
     print(f"\nwrote {path}")
