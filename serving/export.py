@@ -88,11 +88,6 @@ def ids_specs(suffix: str = "") -> list[tf.TensorSpec]:
     return [tf.TensorSpec([None, None], tf.int32, name=name + suffix) for name in FEATURE_NAMES]
 
 
-def mean_pool(sequence_output: tf.Tensor, input_mask: tf.Tensor) -> tf.Tensor:
-    """Mean of the real-token vectors ([CLS] and [SEP] included, as sentence-transformers)."""
-    return masked_mean(sequence_output, input_mask)
-
-
 def model_outputs(model: keras.Model, features: dict) -> dict:
     """Calls a task model on the BERT features (+ the `*_b` ones of a siamese pair);
     always returns a dict."""
@@ -167,7 +162,7 @@ class EncoderServing(ServingModule):
 
     def outputs(self, features, model_outputs, texts):
         sequence = model_outputs["sequence_output"]
-        result = {"embedding": mean_pool(sequence, features["input_mask"]),
+        result = {"embedding": masked_mean(sequence, features["input_mask"]),
                   "cls_embedding": sequence[:, 0]}
         if self.sequence_output:
             result.update(sequence_output=sequence, input_mask=features["input_mask"])

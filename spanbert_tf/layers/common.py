@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from spanbert_tf.layers.tied_cross_entropy import tied_cross_entropy
+from spanbert_tf.layers.tied_cross_entropy import tied_cross_entropy, vocabulary_logits
 
 
 def weight_initializer(stddev: float) -> keras.initializers.Initializer:
@@ -56,15 +56,11 @@ def layer_norm(epsilon: float, name: str) -> keras.layers.LayerNormalization:
 
 
 def tied_logits(hidden: tf.Tensor, embeddings: tf.Variable, bias: tf.Variable) -> tf.Tensor:
-    """Projects [..., H] onto the vocabulary with the word-embedding matrix, in float32.
-
-    Logits are computed in the compute dtype (fast under mixed precision) and cast to
-    float32 before the bias is added, so that softmax and losses run in float32.
-    """
+    """Projects [..., H] onto the vocabulary with the word-embedding matrix, in float32
+    (see `vocabulary_logits`)."""
     flat = tf.reshape(hidden, [-1, tf.shape(hidden)[-1]])
     matrix = tf.cast(embeddings, hidden.dtype)
-    logits = tf.cast(tf.matmul(flat, matrix, transpose_b=True), tf.float32)
-    logits = tf.nn.bias_add(logits, tf.cast(bias, tf.float32))
+    logits = vocabulary_logits(flat, matrix, bias)
     out_shape = tf.concat([tf.shape(hidden)[:-1], [tf.shape(matrix)[0]]], axis=0)
     return tf.reshape(logits, out_shape)
 

@@ -32,10 +32,19 @@ def vocabulary_chunks(vocab_size: int, chunk_size: int) -> list[tuple[int, int]]
             for start in range(0, vocab_size, chunk_size)]
 
 
+def vocabulary_logits(hidden: tf.Tensor, matrix: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """float32 logits `hidden @ matrix^T + bias` of [N, H] rows against [V, H] vectors.
+
+    The matmul runs in the compute dtype (fast under mixed precision); the bias is added
+    after the cast to float32, so that softmax and losses run in float32.
+    """
+    logits = tf.cast(tf.matmul(hidden, matrix, transpose_b=True), tf.float32)
+    return tf.nn.bias_add(logits, tf.cast(bias, tf.float32))
+
+
 def _chunk_logits(hidden, embeddings, bias, start: int, end: int) -> tf.Tensor:
-    """float32 logits of vocabulary columns [start, end) (matmul in the compute dtype)."""
-    logits = tf.matmul(hidden, embeddings[start:end], transpose_b=True)
-    return tf.nn.bias_add(tf.cast(logits, tf.float32), bias[start:end])
+    """float32 logits of vocabulary columns [start, end)."""
+    return vocabulary_logits(hidden, embeddings[start:end], bias[start:end])
 
 
 def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor,
