@@ -1,4 +1,4 @@
-"""Cross-entropy over the tied vocabulary decoder without materialising the logits.
+"""Cross-entropy over the tied vocabulary decoder, chunk by chunk over the vocabulary.
 
 The MLM and SBO heads end in the same projection: logits = hidden @ E^T + bias over the
 whole vocabulary (E is the word-embedding matrix). Computed the plain way, every step
