@@ -82,11 +82,31 @@ class AdamWGlobalClip(keras.optimizers.AdamW):
                                      for v in var_list]
 
     def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
         if self.learning_rate_multipliers:
-            factor = self._multiplier_by_index[self._get_variable_index(variable)]
+            factor = self._multiplier_by_index[index]
             if factor != 1.0:
                 learning_rate = learning_rate * tf.cast(factor, learning_rate.dtype)
-        return super().update_step(gradient, variable, learning_rate)
+        if self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate)
+        return self._fused_adam_update(gradient, variable, index, learning_rate)
+
+    def _fused_adam_update(self, gradient, variable, index, learning_rate):
+        """Keras' Adam update (same formulas: bias-corrected step size, epsilon outside
+        the square root) in TensorFlow's one-pass ResourceApplyAdam kernel. Keras
+        composes it from ~12 elementwise ops, each a pass over the variable
+        (profiled: ~7% of a pretraining step, most of it on the embedding matrix)."""
+        dtype = variable.dtype
+        if isinstance(gradient, tf.IndexedSlices):  # Keras' Adam updates densely too
+            gradient = tf.convert_to_tensor(gradient)
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        return tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].value.handle,
+            v=self._velocities[index].value.handle,
+            beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
 
     def _clip(self, grads):
         if not self.clip_norm:
