@@ -33,9 +33,9 @@ def test_chunks_cover_the_vocabulary_once():
 
 
 @pytest.mark.parametrize("recompute_logits", [False, True])
-@pytest.mark.parametrize("chunk_size", [1, 7, 16, 50, 4096])
+@pytest.mark.parametrize("chunk_size", [1, 7, 16, 50, 4096, None])
 def test_matches_plain_cross_entropy_values_hits_and_gradients(chunk_size, recompute_logits):
-    rng = np.random.default_rng(chunk_size)
+    rng = np.random.default_rng(chunk_size or 0)
     vocab, width, rows = 50, 8, 12
     hidden = tf.constant(rng.normal(size=(rows, width)), tf.float32)
     embeddings = tf.constant(rng.normal(size=(vocab, width)), tf.float32)

@@ -81,8 +81,8 @@ def tied_decoder_loss(hidden: tf.Tensor, embeddings: tf.Variable, bias: tf.Varia
                       labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Cross-entropy and argmax hits of `tied_logits(hidden, ...)` against `labels`.
 
-    Same values as softmax cross-entropy on `tied_logits`, computed chunk by chunk over
-    the vocabulary without concatenating the logits (see `tied_cross_entropy`).
+    Same values as softmax cross-entropy on `tied_logits`, with fewer passes over the
+    [rows, vocab] floats (see `tied_cross_entropy`).
     Returns float32 (loss, hits), both shaped like `labels`.
     """
     flat = tf.reshape(hidden, [-1, tf.shape(hidden)[-1]])

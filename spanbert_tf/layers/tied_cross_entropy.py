@@ -1,20 +1,20 @@
-"""Cross-entropy over the tied vocabulary decoder, chunk by chunk over the vocabulary.
+"""Cross-entropy over the tied vocabulary decoder, with a hand-written gradient.
 
 The MLM and SBO heads end in the same projection: logits = hidden @ E^T + bias over the
 whole vocabulary (E is the word-embedding matrix). Computed the plain way, every step
-writes and re-reads [rows, vocab] float32 logits several times (matmul output, bias,
-softmax cross-entropy, its gradient, argmax), and on CPU that memory traffic, not the
-arithmetic, dominated the pretraining step (profiled: the two vocabulary projections
-with their losses took ~60% of a step of the 4-layer benchmark model).
+writes and re-reads [rows, vocab] float32 tensors many times (matmul output, softmax,
+one-hot, its difference, the scaled gradient, argmax), and on CPU that memory traffic
+weighed as much as the three matmuls (profiled on the 4-layer benchmark model).
 
-`tied_cross_entropy` walks the vocabulary in column chunks that stay in cache: the
-forward pass keeps a running log-sum-exp, the target logit and the running argmax; the
-backward pass turns each chunk's logits straight into the chunk's gradients (softmax -
-one-hot). By default it reuses the forward pass's chunk logits (as much memory as the
-plain computation's logits, never concatenated); `recompute_logits=True` recomputes
-them instead: one extra [rows, H] x [H, vocab] matmul in exchange for never keeping
-[rows, vocab] floats alive between the passes. Same values as the plain computation up
-to float rounding.
+`tied_cross_entropy` makes two elementwise passes over the logits in the forward pass
+(max/argmax, then exp(logits - max) with its row sums) and none in the backward pass:
+the gradient of softmax - one-hot is applied through the matmuls, with the per-row
+factors moved onto the small [rows, hidden] operands and the one-hot part gathered and
+scattered row by row. The forward pass's exponentials are kept for the backward pass
+(as much memory as the plain computation's logits); `recompute_logits=True` recomputes
+them instead, and with `chunk_size` the vocabulary is walked in column chunks, so that
+no [rows, vocab] tensor outlives its chunk. Same values as the plain computation up to
+float rounding.
 """
 
 from __future__ import annotations
@@ -42,13 +42,28 @@ def vocabulary_logits(hidden: tf.Tensor, matrix: tf.Tensor, bias: tf.Tensor) -> 
     return tf.nn.bias_add(logits, tf.cast(bias, tf.float32))
 
 
+def _rows(tensor: tf.Tensor, start: int, end: int) -> tf.Tensor:
+    """tensor[start:end], without a slice op when that is the whole tensor."""
+    return tensor if start == 0 and end == tensor.shape[0] else tensor[start:end]
+
+
 def _chunk_logits(hidden, embeddings, bias, start: int, end: int) -> tf.Tensor:
     """float32 logits of vocabulary columns [start, end)."""
-    return vocabulary_logits(hidden, embeddings[start:end], bias[start:end])
+    return vocabulary_logits(hidden, _rows(embeddings, start, end), _rows(bias, start, end))
+
+
+def _concat(chunks: list[tf.Tensor]) -> tf.Tensor:
+    return chunks[0] if len(chunks) == 1 else tf.concat(chunks, axis=0)
+
+
+def _row_max(logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Max and argmax of each row in one pass (top-1)."""
+    values, indices = tf.math.top_k(logits, k=1, sorted=False)
+    return values[:, 0], indices[:, 0]
 
 
 def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor,
-                       labels: tf.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                       labels: tf.Tensor, chunk_size: int | None = None,
                        recompute_logits: bool = False):
     """Per-row softmax cross-entropy and argmax hits of `hidden @ embeddings^T + bias`.
 
@@ -57,10 +72,10 @@ def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor
         embeddings: [V, H] decoder matrix in the same dtype as `hidden`.
         bias: [V] float32 output bias.
         labels: [N] int target ids in [0, V).
-        chunk_size: vocabulary columns per chunk.
+        chunk_size: vocabulary columns per chunk; None (the default, fastest) takes the
+            whole vocabulary at once.
         recompute_logits: recompute each chunk's logits in the backward pass instead of
-            keeping them from the forward pass (saves [N, V] float32 of memory, costs
-            one more matmul).
+            keeping [N, V] float32 from the forward pass (costs one more matmul).
 
     Returns:
         (loss [N] float32, correct [N] float32 with 1.0 where argmax == label). Gradients
@@ -80,53 +95,58 @@ def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor
     vocab_size = embeddings.shape[0]
     if vocab_size is None:
         raise ValueError("tied_cross_entropy needs a static vocabulary size")
-    chunks = vocabulary_chunks(vocab_size, chunk_size)
+    chunks = vocabulary_chunks(vocab_size, chunk_size or vocab_size)
+
+    def chunk_exp(hidden, embeddings, bias, start, end, chunk_max=None):
+        logits = _chunk_logits(hidden, embeddings, bias, start, end)
+        best_id = None
+        if chunk_max is None:
+            chunk_max, best_id = _row_max(logits)
+        return tf.exp(logits - chunk_max[:, None]), chunk_max, best_id
 
     @tf.custom_gradient
     def loss_and_hits(hidden, embeddings, bias):
-        rows = tf.shape(hidden)[0]
-        running_max = tf.fill([rows], tf.float32.min)
-        sum_exp = tf.zeros([rows], tf.float32)
-        target_logit = tf.zeros([rows], tf.float32)
-        best_logit = tf.fill([rows], tf.float32.min)
-        best_id = tf.zeros([rows], tf.int32)
-        kept_logits = []
+        maxes, exp_sums, best_ids, kept = [], [], [], []
         for start, end in chunks:
-            logits = _chunk_logits(hidden, embeddings, bias, start, end)
-            if not recompute_logits:
-                kept_logits.append(logits)
-            chunk_max = tf.reduce_max(logits, axis=1)
-            new_max = tf.maximum(running_max, chunk_max)
-            sum_exp = (sum_exp * tf.exp(running_max - new_max)
-                       + tf.reduce_sum(tf.exp(logits - new_max[:, None]), axis=1))
-            running_max = new_max
-            inside = (labels >= start) & (labels < end)
-            local = tf.clip_by_value(labels - start, 0, end - start - 1)
-            target_logit += tf.where(inside, tf.gather(logits, local, batch_dims=1), 0.0)
-            improved = chunk_max > best_logit
-            chunk_best = tf.argmax(logits, axis=1, output_type=tf.int32) + start
-            best_id = tf.where(improved, chunk_best, best_id)
-            best_logit = tf.maximum(best_logit, chunk_max)
-        log_normaliser = running_max + tf.math.log(sum_exp)
-        loss = log_normaliser - target_logit
+            exps, chunk_max, best_id = chunk_exp(hidden, embeddings, bias, start, end)
+            kept.append(None if recompute_logits else exps)
+            maxes.append(chunk_max)
+            exp_sums.append(tf.reduce_sum(exps, axis=1))
+            best_ids.append(best_id + start)
+        maxes, exp_sums = tf.stack(maxes, axis=1), tf.stack(exp_sums, axis=1)
+        top = tf.reduce_max(maxes, axis=1)
+        log_normaliser = top + tf.math.log(
+            tf.reduce_sum(exp_sums * tf.exp(maxes - top[:, None]), axis=1))
+        best_chunk = tf.argmax(maxes, axis=1, output_type=tf.int32)
+        best_id = tf.gather(tf.stack(best_ids, axis=1), best_chunk, batch_dims=1)
+        label_vectors = tf.gather(embeddings, labels)
+        target_logit = tf.reduce_sum(tf.cast(hidden, tf.float32)
+                                     * tf.cast(label_vectors, tf.float32), axis=1)
+        loss = log_normaliser - (target_logit + tf.gather(bias, labels))
         correct = tf.cast(tf.equal(best_id, labels), tf.float32)
 
         def grad(loss_grad, unused_correct_grad=None):
-            hidden_grad = tf.zeros_like(hidden, dtype=tf.float32)
+            # d loss / d logits = loss_grad * (softmax - one_hot), softmax of chunk k being
+            # exps_k * exp(max_k - log_normaliser): per-row factors, applied to [N, H].
+            scaled_hidden = hidden * tf.cast(loss_grad[:, None], hidden.dtype)
+            hidden_grad = -loss_grad[:, None] * tf.cast(label_vectors, tf.float32)
             embedding_grads, bias_grads = [], []
             for index, (start, end) in enumerate(chunks):
-                logits = (_chunk_logits(hidden, embeddings, bias, start, end)
-                          if recompute_logits else kept_logits[index])
-                probs = tf.exp(logits - log_normaliser[:, None])
-                one_hot = tf.one_hot(labels - start, end - start, dtype=tf.float32)
-                logits_grad = (probs - one_hot) * loss_grad[:, None]
-                compute_grad = tf.cast(logits_grad, hidden.dtype)
-                hidden_grad += tf.cast(tf.matmul(compute_grad, embeddings[start:end]),
-                                       tf.float32)
-                embedding_grads.append(tf.matmul(compute_grad, hidden, transpose_a=True))
-                bias_grads.append(tf.reduce_sum(logits_grad, axis=0))
-            return (tf.cast(hidden_grad, hidden.dtype), tf.concat(embedding_grads, axis=0),
-                    tf.concat(bias_grads, axis=0))
+                exps = kept[index]
+                if exps is None:
+                    exps = chunk_exp(hidden, embeddings, bias, start, end, maxes[:, index])[0]
+                factor = loss_grad * tf.exp(maxes[:, index] - log_normaliser)
+                bias_grads.append(tf.matmul(factor[None, :], exps)[0])
+                exps = tf.cast(exps, hidden.dtype)
+                hidden_grad += factor[:, None] * tf.cast(
+                    tf.matmul(exps, _rows(embeddings, start, end)), tf.float32)
+                weighted_hidden = hidden * tf.cast(factor[:, None], hidden.dtype)
+                embedding_grads.append(tf.matmul(exps, weighted_hidden, transpose_a=True))
+            at_labels = labels[:, None]  # the one-hot part, row by row
+            embedding_grad = tf.tensor_scatter_nd_sub(_concat(embedding_grads), at_labels,
+                                                      scaled_hidden)
+            bias_grad = tf.tensor_scatter_nd_sub(_concat(bias_grads), at_labels, loss_grad)
+            return tf.cast(hidden_grad, hidden.dtype), embedding_grad, bias_grad
 
         return (loss, tf.stop_gradient(correct)), grad
 

@@ -79,9 +79,9 @@ class SpanBertPretrainer(keras.Model):
     `sbo_loss`, `mlm_accuracy` and `sbo_accuracy` beside `loss`.
 
     `call` returns the heads' decoder inputs (`mlm_hidden`, `sbo_hidden`) and the packed
-    SBO targets; the losses are computed from them chunk by chunk over the vocabulary,
-    never as one [rows, vocab] logits tensor (`tied_cross_entropy`). `logits(outputs)`
-    gives the logits when wanted.
+    SBO targets; the losses are computed from them by `tied_cross_entropy` (its own
+    gradient, no softmax or one-hot tensors). `logits(outputs)` gives the logits when
+    wanted.
 
     Example:
         >>> import keras
@@ -138,7 +138,7 @@ class SpanBertPretrainer(keras.Model):
 
     def logits(self, outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """float32 vocabulary logits {"mlm_logits" [B, P, V], "sbo_logits" [B, K, V]} of
-        `call`'s outputs (training never builds them whole: see `compute_loss`)."""
+        `call`'s outputs (training does not need them: see `compute_loss`)."""
         embeddings = self.encoder.token_embedding.embeddings
         return {"mlm_logits": tied_logits(outputs["mlm_hidden"], embeddings, self.mlm_head.bias),
                 "sbo_logits": tied_logits(outputs["sbo_hidden"], embeddings, self.sbo_head.bias)}
