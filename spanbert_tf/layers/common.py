@@ -25,19 +25,46 @@ def gelu(x: tf.Tensor) -> tf.Tensor:
         tf.math.erf(x * tf.cast(0.7071067811865476, x.dtype)) + tf.cast(1.0, x.dtype))
 
 
+def _written_transpose(rows: tf.Tensor) -> tf.Tensor:
+    """rows^T as a tensor of its own. Grappler folds a plain 2-D Transpose that feeds a
+    MatMul into `transpose_a`, the slow case below; through a 3-D transpose it stays."""
+    shape = tf.shape(rows)
+    batched = tf.reshape(rows, [1, shape[0], shape[1]])
+    return tf.reshape(tf.transpose(batched, [0, 2, 1]), [shape[1], shape[0]])
+
+
+@tf.custom_gradient
+def _narrowing_matmul(rows: tf.Tensor, kernel: tf.Tensor):
+    """rows @ kernel whose kernel gradient multiplies a written-out rows^T.
+
+    oneDNN on CPU computes rows^T @ upstream with `transpose_a` at about half the speed
+    of the same product on a transposed copy when rows are wide: [2048, 1024] x
+    [2048, 256] (BERT's FFN output layer) 20.5 ms vs 12.3 ms with the copy included.
+    """
+    def grad(upstream):
+        return (tf.matmul(upstream, kernel, transpose_b=True),
+                tf.matmul(_written_transpose(rows), upstream))
+    return tf.matmul(rows, kernel), grad
+
+
 @keras.saving.register_keras_serializable(package="spanbert_tf")
 class BiasAddDense(keras.layers.Dense):
     """`keras.layers.Dense` computed as MatMul + BiasAdd on 2-D rows.
 
     Keras adds the bias with a broadcasting AddV2, which TensorFlow's graph optimizer
     leaves as a separate pass; BiasAdd after a 2-D MatMul is fused into one
-    `_FusedMatMul` kernel on CPU. Weights, names and config are Dense's.
+    `_FusedMatMul` kernel on CPU. In training, layers that narrow (more inputs than
+    units) take the faster kernel gradient of `_narrowing_matmul`; inference graphs
+    keep the plain MatMul that the fusion and the serving op lists expect. Weights,
+    names and config are Dense's.
     """
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         inputs = tf.convert_to_tensor(inputs)
         rows = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]]) if inputs.shape.rank != 2 else inputs
-        outputs = tf.matmul(rows, tf.cast(self.kernel, rows.dtype))
+        kernel = tf.cast(self.kernel, rows.dtype)
+        narrowing = training and self.kernel.shape[0] > self.units
+        outputs = _narrowing_matmul(rows, kernel) if narrowing else tf.matmul(rows, kernel)
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
         if self.activation is not None:
