@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from spanbert_tf.layers.common import layer_norm, weight_initializer
+from spanbert_tf.layers.dropout import Dropout
 
 
 @keras.saving.register_keras_serializable(package="spanbert_tf")
@@ -61,7 +62,7 @@ class SpanBertEmbeddings(keras.layers.Layer):
             type_vocab_size, hidden_size, embeddings_initializer=init,
             name="token_type_embeddings")
         self.layer_norm = layer_norm(layer_norm_epsilon, "layer_norm")
-        self.dropout = keras.layers.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def build(self, input_shape=None) -> None:
         self.word_embeddings.build((None, None))

@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from spanbert_tf.layers.common import dense, gelu, layer_norm
+from spanbert_tf.layers.dropout import Dropout
 
 
 @keras.saving.register_keras_serializable(package="spanbert_tf")
@@ -63,9 +64,9 @@ class TransformerLayer(keras.layers.Layer):
         self.intermediate = dense(intermediate_size, std, "intermediate")
         self.output_dense = dense(hidden_size, std, "output")
         self.output_layer_norm = layer_norm(layer_norm_epsilon, "output_layer_norm")
-        self.attention_probs_dropout = keras.layers.Dropout(attention_dropout)
-        self.attention_output_dropout = keras.layers.Dropout(hidden_dropout)
-        self.output_dropout = keras.layers.Dropout(hidden_dropout)
+        self.attention_probs_dropout = Dropout(attention_dropout)
+        self.attention_output_dropout = Dropout(hidden_dropout)
+        self.output_dropout = Dropout(hidden_dropout)
 
     def build(self, input_shape=None) -> None:
         hidden = (None, self.hidden_size)

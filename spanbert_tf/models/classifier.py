@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from spanbert_tf.layers.common import dense, masked_mean
+from spanbert_tf.layers.dropout import Dropout
 from spanbert_tf.models.encoder import SpanBertEncoder
 
 POOLINGS = ("cls", "mean")
@@ -103,7 +104,7 @@ class SpanBertClassifier(keras.Model):
         self.use_pooler = bool(use_pooler)
         self.pooler = (dense(config.hidden_size, config.initializer_range, "pooler")
                        if self.use_pooler else None)
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
+        self.dropout = Dropout(self.dropout_rate, name="dropout")
         self.classifier = dense(self.num_labels, config.initializer_range, "classifier")
         self.build()
 

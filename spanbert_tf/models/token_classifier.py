@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from spanbert_tf.layers.common import dense
+from spanbert_tf.layers.dropout import Dropout
 from spanbert_tf.models.encoder import SpanBertEncoder
 
 
@@ -42,7 +43,7 @@ class SpanBertTokenClassifier(keras.Model):
         self.num_labels = int(num_labels)
         config = encoder.config
         self.dropout_rate = float(config.hidden_dropout if dropout is None else dropout)
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
+        self.dropout = Dropout(self.dropout_rate, name="dropout")
         self.classifier = dense(self.num_labels, config.initializer_range, "classifier")
         self.build()
 
