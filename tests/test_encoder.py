@@ -102,3 +102,51 @@ def test_initialisation_follows_bert():
     layer_norm = model.embeddings.layer_norm
     np.testing.assert_array_equal(layer_norm.gamma.numpy(), 1.0)
     assert layer_norm.epsilon == 1e-12
+
+
+def test_narrowing_dense_trains_with_the_same_gradients(monkeypatch):
+    """Layers with more inputs than units take `_narrowing_matmul` in training (a
+    written-out transpose for the kernel gradient): same values and gradients."""
+    from spanbert_tf.layers import common
+
+    taken = []
+    original = common._narrowing_matmul
+    monkeypatch.setattr(common, "_narrowing_matmul", lambda *a: taken.append(1) or original(*a))
+    layer = common.dense(3, 0.5, "narrow")
+    layer.build((None, 7))
+    rows = tf.random.stateless_normal([2, 5, 7], seed=[1, 2])
+    upstream = tf.random.stateless_normal([2, 5, 3], seed=[3, 4])
+
+    def outputs_and_grads(training):
+        with tf.GradientTape() as tape:
+            tape.watch(rows)
+            outputs = layer(rows, training=training)
+            total = tf.reduce_sum(outputs * upstream)
+        return [outputs] + tape.gradient(total, [rows, layer.kernel, layer.bias])
+
+    trained, inferred = outputs_and_grads(True), outputs_and_grads(False)
+    assert taken == [1]
+    for got, expected in zip(trained, inferred):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_dropout_rate_and_scale_are_exact_in_expectation():
+    """16-bit draws: drop probability round(rate * 65536) / 65536, kept values scaled so
+    that the mean is preserved; Keras' config and seeding; identity at inference."""
+    from spanbert_tf.layers.dropout import Dropout
+
+    layer = Dropout(0.1, seed=7)
+    ones = tf.ones([500, 2000])
+    out = layer(ones, training=True).numpy()
+    dropped = (out == 0).mean()
+    # 1e6 Bernoulli(0.1) draws: standard error 3e-4.
+    assert abs(dropped - 6554 / 65536) < 1.5e-3
+    np.testing.assert_allclose(out[out != 0], 65536 / (65536 - 6554), rtol=1e-6)
+    assert abs(out.mean() - 1.0) < 3e-3
+    again = layer(ones, training=True).numpy()
+    assert (again != out).any()  # a fresh mask per call
+    assert np.array_equal(Dropout(0.1, seed=7)(ones, training=True).numpy(), out)  # seeded
+    np.testing.assert_array_equal(layer(ones, training=False), ones)
+    assert Dropout.from_config(layer.get_config()).rate == 0.1
+    odd = layer(tf.ones([3, 5, 7]), training=True)  # odd element count
+    assert odd.shape == (3, 5, 7)
