@@ -6,22 +6,21 @@ writes and re-reads [rows, vocab] float32 tensors many times (matmul output, sof
 one-hot, its difference, the scaled gradient, argmax), and on CPU that memory traffic
 weighed as much as the three matmuls (profiled on the 4-layer benchmark model).
 
-`tied_cross_entropy` makes two elementwise passes over the logits in the forward pass
-(max/argmax, then exp(logits - max) with its row sums) and none in the backward pass:
-the gradient of softmax - one-hot is applied through the matmuls, with the per-row
-factors moved onto the small [rows, hidden] operands and the one-hot part gathered and
-scattered row by row. The forward pass's exponentials are kept for the backward pass
-(as much memory as the plain computation's logits); `recompute_logits=True` recomputes
-them instead, and with `chunk_size` the vocabulary is walked in column chunks, so that
-no [rows, vocab] tensor outlives its chunk. Same values as the plain computation up to
-float rounding.
+`tied_cross_entropy` reads the logits twice in the forward pass (top-1 for the max and
+argmax, then exp(logits - max), whose row sums are a third, read-only pass) and makes no
+elementwise pass over [rows, vocab] in the backward pass: the gradient of softmax -
+one-hot is applied through the matmuls, with the per-row factors moved onto the small
+[rows, hidden] operands and the one-hot part gathered and scattered row by row.
+
+The forward pass's exponentials are kept for the backward pass (as much memory as the
+plain computation's logits); `recompute_logits=True` recomputes them instead, and with
+`chunk_size` the vocabulary is walked in column chunks, so that no [rows, vocab] tensor
+outlives its chunk. Same values as the plain computation up to float rounding.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
-
-DEFAULT_CHUNK_SIZE = 4096
 
 
 def vocabulary_chunks(vocab_size: int, chunk_size: int) -> list[tuple[int, int]]:
