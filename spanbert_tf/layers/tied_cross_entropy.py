@@ -96,18 +96,13 @@ def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor
         raise ValueError("tied_cross_entropy needs a static vocabulary size")
     chunks = vocabulary_chunks(vocab_size, chunk_size or vocab_size)
 
-    def chunk_exp(hidden, embeddings, bias, start, end, chunk_max=None):
-        logits = _chunk_logits(hidden, embeddings, bias, start, end)
-        best_id = None
-        if chunk_max is None:
-            chunk_max, best_id = _row_max(logits)
-        return tf.exp(logits - chunk_max[:, None]), chunk_max, best_id
-
     @tf.custom_gradient
     def loss_and_hits(hidden, embeddings, bias):
         maxes, exp_sums, best_ids, kept = [], [], [], []
         for start, end in chunks:
-            exps, chunk_max, best_id = chunk_exp(hidden, embeddings, bias, start, end)
+            logits = _chunk_logits(hidden, embeddings, bias, start, end)
+            chunk_max, best_id = _row_max(logits)
+            exps = tf.exp(logits - chunk_max[:, None])
             kept.append(None if recompute_logits else exps)
             maxes.append(chunk_max)
             exp_sums.append(tf.reduce_sum(exps, axis=1))
@@ -133,7 +128,8 @@ def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor
             for index, (start, end) in enumerate(chunks):
                 exps = kept[index]
                 if exps is None:
-                    exps = chunk_exp(hidden, embeddings, bias, start, end, maxes[:, index])[0]
+                    logits = _chunk_logits(hidden, embeddings, bias, start, end)
+                    exps = tf.exp(logits - maxes[:, index, None])
                 factor = loss_grad * tf.exp(maxes[:, index] - log_normaliser)
                 bias_grads.append(tf.matmul(factor[None, :], exps)[0])
                 exps = tf.cast(exps, hidden.dtype)
