@@ -43,7 +43,8 @@ class SpanBertConfig:
         hidden_act: feed-forward activation; "gelu" is BERT's exact erf GeLU.
         sbo_position_size: size of the SBO relative-position embedding (paper: 200).
         sbo_max_targets: SBO targets per span, i.e. relative positions (paper: 15).
-        sbo_weight: weight of the SBO loss beside the MLM loss (paper: 1.0).
+        sbo_weight: weight of the SBO loss beside the MLM loss (paper: 1.0); 0 trains
+            MLM only and skips the SBO head.
         pad_token_id: id of [PAD].
     """
 

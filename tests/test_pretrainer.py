@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from spanbert_tf import SpanBertConfig, SpanBertPretrainer
+from spanbert_tf.models.pretrainer import MLM_FEATURES
 from tests.synthetic import pretraining_batch
 from pipelines.strategy import create_strategy
 
@@ -121,6 +122,35 @@ def test_missing_feature_is_named():
     del batch["span_boundaries"]
     with pytest.raises(ValueError, match=r"missing \['span_boundaries'\]"):
         model(batch)
+
+
+def test_sbo_weight_zero_trains_mlm_only_and_skips_the_sbo_head():
+    """sbo_weight 0: loss = the full model's MLM loss, only MLM fields are read, the SBO
+    head is neither computed nor updated, and no SBO metric is reported."""
+    keras.utils.set_random_seed(0)
+    full = SpanBertPretrainer(CONFIG)
+    mlm_only = SpanBertPretrainer(CONFIG.replace(sbo_weight=0.0))
+    mlm_only.set_weights(full.get_weights())
+    batch = pretraining_batch(batch_size=4, length=32, vocab_size=CONFIG.vocab_size)
+    mlm_batch = {name: batch[name] for name in MLM_FEATURES}
+    full.compile(optimizer="sgd")
+    mlm_only.compile(optimizer=keras.optimizers.SGD(0.5))
+    outputs = mlm_only(mlm_batch)
+    assert sorted(outputs) == ["mlm_hidden"]
+    assert sorted(mlm_only.logits(outputs)) == ["mlm_logits"]
+    expected = full.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0, return_dict=True)
+    got = mlm_only.evaluate(tf.data.Dataset.from_tensors(mlm_batch), verbose=0,
+                            return_dict=True)
+    assert sorted(got) == ["loss", "mlm_accuracy", "mlm_loss"]
+    assert got["loss"] == pytest.approx(expected["mlm_loss"], rel=1e-6)
+    assert got["mlm_accuracy"] == pytest.approx(expected["mlm_accuracy"])
+    sbo_before = [w.numpy() for w in mlm_only.sbo_head.weights]
+    mlm_before = [w.numpy() for w in mlm_only.mlm_head.weights]
+    mlm_only.fit(tf.data.Dataset.from_tensors(mlm_batch).repeat(2), verbose=0)
+    for before, weight in zip(sbo_before, mlm_only.sbo_head.weights):
+        np.testing.assert_array_equal(before, weight.numpy())
+    assert any(not np.array_equal(before, weight.numpy())
+               for before, weight in zip(mlm_before, mlm_only.mlm_head.weights))
 
 
 def test_keras_file_and_weights_round_trip(tmp_path):

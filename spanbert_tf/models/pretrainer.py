@@ -13,11 +13,13 @@ from spanbert_tf.layers.mlm_head import MaskedLMHead
 from spanbert_tf.layers.sbo_head import SpanBoundaryHead
 from spanbert_tf.models.encoder import SpanBertEncoder, encoder_for
 
-PRETRAINING_FEATURES = (
+MLM_FEATURES = (
     "input_ids", "input_mask", "segment_ids",
     "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
-    "span_boundaries", "span_target_positions", "span_target_ids", "span_target_weights",
 )
+SBO_FEATURES = ("span_boundaries", "span_target_positions", "span_target_ids",
+                "span_target_weights")
+PRETRAINING_FEATURES = MLM_FEATURES + SBO_FEATURES
 
 
 def compact_span_targets(features: dict[str, tf.Tensor], num_slots: int):
@@ -78,6 +80,11 @@ class SpanBertPretrainer(keras.Model):
     cross-entropy over SBO targets; zero weights mark padding. Reports `mlm_loss`,
     `sbo_loss`, `mlm_accuracy` and `sbo_accuracy` beside `loss`.
 
+    With `config.sbo_weight == 0` the model trains MLM only (BERT-style continued
+    pretraining): the SBO head is not computed at all, its weights stay as they are
+    (frozen, still saved), the example needs only `MLM_FEATURES`, and only `loss`,
+    `mlm_loss` and `mlm_accuracy` are reported.
+
     `call` returns the heads' decoder inputs (`mlm_hidden`, `sbo_hidden`) and the packed
     SBO targets; the losses are computed from them by `tied_cross_entropy` (its own
     gradient, no softmax or one-hot tensors). `logits(outputs)` gives the logits when
@@ -113,35 +120,49 @@ class SpanBertPretrainer(keras.Model):
             name="sbo_head", dtype=kwargs.get("dtype"))
         self.mlm_head.build()
         self.sbo_head.build()
+        self.uses_sbo = c.sbo_weight > 0
+        self.sbo_head.trainable = self.uses_sbo
         self.mlm_loss_tracker = keras.metrics.Mean(name="mlm_loss")
-        self.sbo_loss_tracker = keras.metrics.Mean(name="sbo_loss")
         self.mlm_accuracy = keras.metrics.Mean(name="mlm_accuracy")
-        self.sbo_accuracy = keras.metrics.Mean(name="sbo_accuracy")
+        if self.uses_sbo:
+            self.sbo_loss_tracker = keras.metrics.Mean(name="sbo_loss")
+            self.sbo_accuracy = keras.metrics.Mean(name="sbo_accuracy")
         self.built = True
 
+    @property
+    def required_features(self) -> tuple[str, ...]:
+        """Example fields `call` reads: all of `PRETRAINING_FEATURES`, or only
+        `MLM_FEATURES` when the SBO objective is off (`sbo_weight == 0`)."""
+        return PRETRAINING_FEATURES if self.uses_sbo else MLM_FEATURES
+
     def call(self, inputs: dict[str, tf.Tensor], training=None) -> dict[str, tf.Tensor]:
-        missing = [name for name in PRETRAINING_FEATURES if name not in inputs]
+        missing = [name for name in self.required_features if name not in inputs]
         if missing:
             raise ValueError(f"pretraining example is missing {missing}")
         sequence_output = self.encoder(
             {k: inputs[k] for k in ("input_ids", "input_mask", "segment_ids")},
             training=training)["sequence_output"]
-        num_slots = inputs["masked_lm_positions"].shape[1]
-        boundaries, offsets, sbo_ids, sbo_weights = compact_span_targets(inputs, num_slots)
-        return {
-            "mlm_hidden": self.mlm_head.hidden_states(sequence_output,
-                                                      inputs["masked_lm_positions"]),
-            "sbo_hidden": self.sbo_head.hidden_states(sequence_output, boundaries, offsets),
-            "sbo_ids": sbo_ids,
-            "sbo_weights": sbo_weights,
-        }
+        outputs = {"mlm_hidden": self.mlm_head.hidden_states(sequence_output,
+                                                             inputs["masked_lm_positions"])}
+        if self.uses_sbo:
+            num_slots = inputs["masked_lm_positions"].shape[1]
+            boundaries, offsets, sbo_ids, sbo_weights = compact_span_targets(inputs, num_slots)
+            outputs.update(
+                sbo_hidden=self.sbo_head.hidden_states(sequence_output, boundaries, offsets),
+                sbo_ids=sbo_ids, sbo_weights=sbo_weights)
+        return outputs
 
     def logits(self, outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """float32 vocabulary logits {"mlm_logits" [B, P, V], "sbo_logits" [B, K, V]} of
-        `call`'s outputs (training does not need them: see `compute_loss`)."""
+        `call`'s outputs (training does not need them: see `compute_loss`); no
+        "sbo_logits" when the SBO objective is off."""
         embeddings = self.encoder.token_embedding.embeddings
-        return {"mlm_logits": tied_logits(outputs["mlm_hidden"], embeddings, self.mlm_head.bias),
-                "sbo_logits": tied_logits(outputs["sbo_hidden"], embeddings, self.sbo_head.bias)}
+        logits = {"mlm_logits": tied_logits(outputs["mlm_hidden"], embeddings,
+                                            self.mlm_head.bias)}
+        if "sbo_hidden" in outputs:
+            logits["sbo_logits"] = tied_logits(outputs["sbo_hidden"], embeddings,
+                                               self.sbo_head.bias)
+        return logits
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Returns this replica's share of the global-batch loss.
@@ -152,14 +173,16 @@ class SpanBertPretrainer(keras.Model):
         """
         mlm_weights = x["masked_lm_weights"]
         mlm_losses, mlm_hits = self.mlm_head.loss(y_pred["mlm_hidden"], x["masked_lm_ids"])
-        sbo_losses, sbo_hits = self.sbo_head.loss(y_pred["sbo_hidden"], y_pred["sbo_ids"])
         mlm_loss = global_weighted_mean(mlm_losses, mlm_weights)
-        sbo_loss = global_weighted_mean(sbo_losses, y_pred["sbo_weights"])
         # Mean metrics average over replicas; scaled shares average to the global value.
         replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
         self.mlm_loss_tracker.update_state(mlm_loss * replicas)
-        self.sbo_loss_tracker.update_state(sbo_loss * replicas)
         self.mlm_accuracy.update_state(mlm_hits, sample_weight=mlm_weights)
+        if not self.uses_sbo:
+            return mlm_loss
+        sbo_losses, sbo_hits = self.sbo_head.loss(y_pred["sbo_hidden"], y_pred["sbo_ids"])
+        sbo_loss = global_weighted_mean(sbo_losses, y_pred["sbo_weights"])
+        self.sbo_loss_tracker.update_state(sbo_loss * replicas)
         self.sbo_accuracy.update_state(sbo_hits, sample_weight=y_pred["sbo_weights"])
         return mlm_loss + self.config.sbo_weight * sbo_loss
 
