@@ -6,8 +6,9 @@ writes and re-reads [rows, vocab] float32 tensors many times (matmul output, sof
 one-hot, its difference, the scaled gradient, argmax), and on CPU that memory traffic
 weighed as much as the three matmuls (profiled on the 4-layer benchmark model).
 
-`tied_cross_entropy` reads the logits twice in the forward pass (top-1 for the max and
-argmax, then exp(logits - max), whose row sums are a third, read-only pass) and makes no
+`tied_cross_entropy` reads the logits twice in the forward pass (the row max, then
+exp(logits - max), whose row sums are a third, read-only pass; the label is the argmax
+where its exp(logit - max) is 1, so accuracy needs no argmax pass) and makes no
 elementwise pass over [rows, vocab] in the backward pass: the gradient of softmax -
 one-hot is applied through the matmuls, with the per-row factors moved onto the small
 [rows, hidden] operands and the one-hot part gathered and scattered row by row.
@@ -55,10 +56,13 @@ def _concat(chunks: list[tf.Tensor]) -> tf.Tensor:
     return chunks[0] if len(chunks) == 1 else tf.concat(chunks, axis=0)
 
 
-def _row_max(logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Max and argmax of each row in one pass (top-1)."""
-    values, indices = tf.math.top_k(logits, k=1, sorted=False)
-    return values[:, 0], indices[:, 0]
+def _label_at_chunk_max(exps: tf.Tensor, labels: tf.Tensor, start: int, end: int) -> tf.Tensor:
+    """Whether each row's label lies in columns [start, end) and has the chunk's largest
+    logit: exp(logit - max) is exactly 1 there (and rounds to 1 only within float
+    rounding of the max), so no argmax pass is needed."""
+    inside = (labels >= start) & (labels < end)
+    local = tf.clip_by_value(labels - start, 0, end - start - 1)
+    return inside & (tf.gather(exps, local, batch_dims=1) >= 1.0)
 
 
 def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor,
@@ -77,7 +81,8 @@ def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor
             keeping [N, V] float32 from the forward pass (costs one more matmul).
 
     Returns:
-        (loss [N] float32, correct [N] float32 with 1.0 where argmax == label). Gradients
+        (loss [N] float32, correct [N] float32 with 1.0 where the label's logit is the
+        row's largest, i.e. argmax == label up to exact ties). Gradients
         flow to `hidden`, `embeddings` and `bias`; `correct` has none.
 
     Example:
@@ -98,26 +103,25 @@ def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor
 
     @tf.custom_gradient
     def loss_and_hits(hidden, embeddings, bias):
-        maxes, exp_sums, best_ids, kept = [], [], [], []
+        maxes, exp_sums, label_at_max, kept = [], [], [], []
         for start, end in chunks:
             logits = _chunk_logits(hidden, embeddings, bias, start, end)
-            chunk_max, best_id = _row_max(logits)
+            chunk_max = tf.reduce_max(logits, axis=1)
             exps = tf.exp(logits - chunk_max[:, None])
             kept.append(None if recompute_logits else exps)
             maxes.append(chunk_max)
             exp_sums.append(tf.reduce_sum(exps, axis=1))
-            best_ids.append(best_id + start)
+            label_at_max.append(_label_at_chunk_max(exps, labels, start, end))
         maxes, exp_sums = tf.stack(maxes, axis=1), tf.stack(exp_sums, axis=1)
         top = tf.reduce_max(maxes, axis=1)
         log_normaliser = top + tf.math.log(
             tf.reduce_sum(exp_sums * tf.exp(maxes - top[:, None]), axis=1))
-        best_chunk = tf.argmax(maxes, axis=1, output_type=tf.int32)
-        best_id = tf.gather(tf.stack(best_ids, axis=1), best_chunk, batch_dims=1)
+        correct = tf.cast(tf.reduce_any(tf.stack(label_at_max, axis=1)
+                                        & (maxes >= top[:, None]), axis=1), tf.float32)
         label_vectors = tf.gather(embeddings, labels)
         target_logit = tf.reduce_sum(tf.cast(hidden, tf.float32)
                                      * tf.cast(label_vectors, tf.float32), axis=1)
         loss = log_normaliser - (target_logit + tf.gather(bias, labels))
-        correct = tf.cast(tf.equal(best_id, labels), tf.float32)
 
         def grad(loss_grad, unused_correct_grad=None):
             # d loss / d logits = loss_grad * (softmax - one_hot), softmax of chunk k being
