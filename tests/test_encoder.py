@@ -104,18 +104,21 @@ def test_initialisation_follows_bert():
     assert layer_norm.epsilon == 1e-12
 
 
-def test_narrowing_dense_trains_with_the_same_gradients(monkeypatch):
-    """Layers with more inputs than units take `_narrowing_matmul` in training (a
-    written-out transpose for the kernel gradient): same values and gradients."""
+@pytest.mark.parametrize("inputs, units", [(7, 3), (3, 7), (5, 1024)],
+                         ids=["narrowing", "widening", "4KiB-row-stride"])
+def test_dense_trains_with_the_same_gradients(monkeypatch, inputs, units):
+    """In training `BiasAddDense` takes `_training_matmul`, whose kernel gradient is a
+    written-out transpose (narrowing), plain, or on a padded copy (row stride a multiple
+    of 4 KiB): same values and gradients as the plain inference graph."""
     from spanbert_tf.layers import common
 
     taken = []
-    original = common._narrowing_matmul
-    monkeypatch.setattr(common, "_narrowing_matmul", lambda *a: taken.append(1) or original(*a))
-    layer = common.dense(3, 0.5, "narrow")
-    layer.build((None, 7))
-    rows = tf.random.stateless_normal([2, 5, 7], seed=[1, 2])
-    upstream = tf.random.stateless_normal([2, 5, 3], seed=[3, 4])
+    original = common._training_matmul
+    monkeypatch.setattr(common, "_training_matmul", lambda *a: taken.append(1) or original(*a))
+    layer = common.dense(units, 0.5, "dense")
+    layer.build((None, inputs))
+    rows = tf.random.stateless_normal([2, 5, inputs], seed=[1, 2])
+    upstream = tf.random.stateless_normal([2, 5, units], seed=[3, 4])
 
     def outputs_and_grads(training):
         with tf.GradientTape() as tape:
@@ -127,7 +130,9 @@ def test_narrowing_dense_trains_with_the_same_gradients(monkeypatch):
     trained, inferred = outputs_and_grads(True), outputs_and_grads(False)
     assert taken == [1]
     for got, expected in zip(trained, inferred):
-        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    kernel_grad = np.reshape(rows, [-1, inputs]).T @ np.reshape(upstream, [-1, units])
+    np.testing.assert_allclose(trained[2], kernel_grad, rtol=1e-5, atol=1e-5)
 
 
 def test_dropout_rate_and_scale_are_exact_in_expectation():

@@ -33,17 +33,35 @@ def _written_transpose(rows: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.transpose(batched, [0, 2, 1]), [shape[1], shape[0]])
 
 
-@tf.custom_gradient
-def _narrowing_matmul(rows: tf.Tensor, kernel: tf.Tensor):
-    """rows @ kernel whose kernel gradient multiplies a written-out rows^T.
+# Row strides that are a multiple of 4 KiB make oneDNN's transposed-A kernel gradient slow on
+# CPU (cache-set aliasing): [2048, 256]^T @ [2048, 1024] 18.2 ms, 12.5 ms on a copy padded
+# by 16 columns, pad and slice included; no slower for the other shapes measured.
+_ALIASED_STRIDE_BYTES = 4096
+_STRIDE_PAD = 16
 
-    oneDNN on CPU computes rows^T @ upstream with `transpose_a` at about half the speed
-    of the same product on a transposed copy when rows are wide: [2048, 1024] x
-    [2048, 256] (BERT's FFN output layer) 20.5 ms vs 12.3 ms with the copy included.
+
+def _kernel_gradient(rows: tf.Tensor, upstream: tf.Tensor) -> tf.Tensor:
+    """rows^T @ upstream (a Dense kernel's gradient) in the form oneDNN computes fastest.
+
+    Narrowing layers (more inputs than units) multiply a written-out rows^T: oneDNN's
+    `transpose_a` runs at about half speed when rows are wide ([2048, 1024] x [2048,
+    256], BERT's FFN output layer: 20.5 ms vs 12.3 ms with the copy included). Upstream
+    gradients whose row stride is a multiple of 4 KiB are padded (see above).
     """
+    units = upstream.shape[-1]
+    if rows.shape[-1] > units:
+        return tf.matmul(_written_transpose(rows), upstream)
+    if units * upstream.dtype.size % _ALIASED_STRIDE_BYTES == 0:
+        padded = tf.pad(upstream, [[0, 0], [0, _STRIDE_PAD]])
+        return tf.matmul(rows, padded, transpose_a=True)[:, :units]
+    return tf.matmul(rows, upstream, transpose_a=True)
+
+
+@tf.custom_gradient
+def _training_matmul(rows: tf.Tensor, kernel: tf.Tensor):
+    """rows @ kernel whose kernel gradient is `_kernel_gradient`'s."""
     def grad(upstream):
-        return (tf.matmul(upstream, kernel, transpose_b=True),
-                tf.matmul(_written_transpose(rows), upstream))
+        return tf.matmul(upstream, kernel, transpose_b=True), _kernel_gradient(rows, upstream)
     return tf.matmul(rows, kernel), grad
 
 
@@ -53,18 +71,16 @@ class BiasAddDense(keras.layers.Dense):
 
     Keras adds the bias with a broadcasting AddV2, which TensorFlow's graph optimizer
     leaves as a separate pass; BiasAdd after a 2-D MatMul is fused into one
-    `_FusedMatMul` kernel on CPU. In training, layers that narrow (more inputs than
-    units) take the faster kernel gradient of `_narrowing_matmul`; inference graphs
-    keep the plain MatMul that the fusion and the serving op lists expect. Weights,
-    names and config are Dense's.
+    `_FusedMatMul` kernel on CPU. In training the kernel gradient takes the faster
+    forms of `_kernel_gradient`; inference graphs keep the plain MatMul that the
+    fusion and the serving op lists expect. Weights, names and config are Dense's.
     """
 
     def call(self, inputs, training=None):
         inputs = tf.convert_to_tensor(inputs)
         rows = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]]) if inputs.shape.rank != 2 else inputs
         kernel = tf.cast(self.kernel, rows.dtype)
-        narrowing = training and self.kernel.shape[0] > self.units
-        outputs = _narrowing_matmul(rows, kernel) if narrowing else tf.matmul(rows, kernel)
+        outputs = _training_matmul(rows, kernel) if training else tf.matmul(rows, kernel)
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
         if self.activation is not None:
