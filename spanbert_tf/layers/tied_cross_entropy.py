@@ -52,6 +52,13 @@ def _chunk_logits(hidden, embeddings, bias, start: int, end: int) -> tf.Tensor:
     return vocabulary_logits(hidden, _rows(embeddings, start, end), _rows(bias, start, end))
 
 
+# exps^T @ rows, the embedding matrix's [V, H] gradient, through XLA's dot: oneDNN's
+# transposed-A kernel is slow for this shape on CPU ([320, 28996]^T x [320, 256]: 59.7 ms,
+# XLA 44.6 ms; the pretraining step 2-6% faster in paired runs). Same product.
+_embedding_gradient = tf.function(lambda exps, rows: tf.matmul(exps, rows, transpose_a=True),
+                                  jit_compile=True, autograph=False)
+
+
 def _concat(chunks: list[tf.Tensor]) -> tf.Tensor:
     return chunks[0] if len(chunks) == 1 else tf.concat(chunks, axis=0)
 
@@ -140,7 +147,7 @@ def tied_cross_entropy(hidden: tf.Tensor, embeddings: tf.Tensor, bias: tf.Tensor
                 hidden_grad += factor[:, None] * tf.cast(
                     tf.matmul(exps, _rows(embeddings, start, end)), tf.float32)
                 weighted_hidden = hidden * tf.cast(factor[:, None], hidden.dtype)
-                embedding_grads.append(tf.matmul(exps, weighted_hidden, transpose_a=True))
+                embedding_grads.append(_embedding_gradient(exps, weighted_hidden))
             at_labels = labels[:, None]  # the one-hot part, row by row
             embedding_grad = tf.tensor_scatter_nd_sub(_concat(embedding_grads), at_labels,
                                                       scaled_hidden)
