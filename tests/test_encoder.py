@@ -104,12 +104,12 @@ def test_initialisation_follows_bert():
     assert layer_norm.epsilon == 1e-12
 
 
-@pytest.mark.parametrize("inputs, units", [(7, 3), (3, 7), (5, 1024)],
-                         ids=["narrowing", "widening", "4KiB-row-stride"])
+@pytest.mark.parametrize("inputs, units", [(7, 3), (1024, 5), (5, 1024), (1024, 2048)],
+                         ids=["plain", "aliased-rows", "aliased-upstream", "both-aliased"])
 def test_dense_trains_with_the_same_gradients(monkeypatch, inputs, units):
-    """In training `BiasAddDense` takes `_training_matmul`, whose kernel gradient is a
-    written-out transpose (narrowing), plain, or on a padded copy (row stride a multiple
-    of 4 KiB): same values and gradients as the plain inference graph."""
+    """In training `BiasAddDense` takes `_training_matmul`, whose kernel gradient pads
+    operands with a row stride that is a multiple of 4 KiB: same values and gradients
+    as the plain inference graph."""
     from spanbert_tf.layers import common
 
     taken = []

@@ -25,36 +25,30 @@ def gelu(x: tf.Tensor) -> tf.Tensor:
         tf.math.erf(x * tf.cast(0.7071067811865476, x.dtype)) + tf.cast(1.0, x.dtype))
 
 
-def _written_transpose(rows: tf.Tensor) -> tf.Tensor:
-    """rows^T as a tensor of its own. Grappler folds a plain 2-D Transpose that feeds a
-    MatMul into `transpose_a`, the slow case below; through a 3-D transpose it stays."""
-    shape = tf.shape(rows)
-    batched = tf.reshape(rows, [1, shape[0], shape[1]])
-    return tf.reshape(tf.transpose(batched, [0, 2, 1]), [shape[1], shape[0]])
-
-
-# Row strides that are a multiple of 4 KiB make oneDNN's transposed-A kernel gradient slow on
-# CPU (cache-set aliasing): [2048, 256]^T @ [2048, 1024] 18.2 ms, 12.5 ms on a copy padded
-# by 16 columns, pad and slice included; no slower for the other shapes measured.
+# oneDNN's transposed-A matmul, which computes a Dense kernel's gradient, is slow on CPU
+# when an operand's row stride is a multiple of 4 KiB (cache-set aliasing). Padding such
+# operands by 16 columns and slicing the result costs less than it saves, pad and slice
+# included: [2048, 256]^T x [2048, 1024] 18.2 -> 12.0 ms, [2048, 1024]^T x [2048, 256]
+# 20.7 -> 12.3 ms (BERT-base [1024, 3072]^T x [1024, 768] 42.0 -> 38.6 ms); no shape
+# measured was slower.
 _ALIASED_STRIDE_BYTES = 4096
 _STRIDE_PAD = 16
 
 
-def _kernel_gradient(rows: tf.Tensor, upstream: tf.Tensor) -> tf.Tensor:
-    """rows^T @ upstream (a Dense kernel's gradient) in the form oneDNN computes fastest.
+def _unaliased(rows: tf.Tensor) -> tf.Tensor:
+    """`rows`, padded with zero columns when its row stride is a multiple of 4 KiB."""
+    if rows.shape[-1] * rows.dtype.size % _ALIASED_STRIDE_BYTES:
+        return rows
+    return tf.pad(rows, [[0, 0], [0, _STRIDE_PAD]])
 
-    Narrowing layers (more inputs than units) multiply a written-out rows^T: oneDNN's
-    `transpose_a` runs at about half speed when rows are wide ([2048, 1024] x [2048,
-    256], BERT's FFN output layer: 20.5 ms vs 12.3 ms with the copy included). Upstream
-    gradients whose row stride is a multiple of 4 KiB are padded (see above).
-    """
-    units = upstream.shape[-1]
-    if rows.shape[-1] > units:
-        return tf.matmul(_written_transpose(rows), upstream)
-    if units * upstream.dtype.size % _ALIASED_STRIDE_BYTES == 0:
-        padded = tf.pad(upstream, [[0, 0], [0, _STRIDE_PAD]])
-        return tf.matmul(rows, padded, transpose_a=True)[:, :units]
-    return tf.matmul(rows, upstream, transpose_a=True)
+
+def _kernel_gradient(rows: tf.Tensor, upstream: tf.Tensor) -> tf.Tensor:
+    """rows^T @ upstream, a Dense kernel's gradient, on unaliased operands."""
+    inputs, units = rows.shape[-1], upstream.shape[-1]
+    gradient = tf.matmul(_unaliased(rows), _unaliased(upstream), transpose_a=True)
+    if gradient.shape[0] != inputs:
+        gradient = gradient[:inputs]
+    return gradient if gradient.shape[1] == units else gradient[:, :units]
 
 
 @tf.custom_gradient
@@ -71,9 +65,9 @@ class BiasAddDense(keras.layers.Dense):
 
     Keras adds the bias with a broadcasting AddV2, which TensorFlow's graph optimizer
     leaves as a separate pass; BiasAdd after a 2-D MatMul is fused into one
-    `_FusedMatMul` kernel on CPU. In training the kernel gradient takes the faster
-    forms of `_kernel_gradient`; inference graphs keep the plain MatMul that the
-    fusion and the serving op lists expect. Weights, names and config are Dense's.
+    `_FusedMatMul` kernel on CPU. In training the kernel gradient is computed on
+    unaliased operands (`_kernel_gradient`); inference graphs keep the plain MatMul
+    that the fusion and the serving op lists expect. Weights, names and config are Dense's.
     """
 
     def call(self, inputs, training=None):
