@@ -28,9 +28,9 @@ def gelu(x: tf.Tensor) -> tf.Tensor:
 # oneDNN's transposed-A matmul, which computes a Dense kernel's gradient, is slow on CPU
 # when an operand's row stride is a multiple of 4 KiB (cache-set aliasing). Padding such
 # operands by 16 columns and slicing the result costs less than it saves, pad and slice
-# included: [2048, 256]^T x [2048, 1024] 18.2 -> 12.0 ms, [2048, 1024]^T x [2048, 256]
-# 20.7 -> 12.3 ms (BERT-base [1024, 3072]^T x [1024, 768] 42.0 -> 38.6 ms); no shape
-# measured was slower.
+# included (same-run medians): [2048, 256]^T x [2048, 1024] 18.2 -> 12.5 ms,
+# [2048, 1024]^T x [2048, 256] 20.7 -> 13.0 ms, BERT-base [1024, 3072]^T x [1024, 768]
+# 42.0 -> 38.6 ms; no shape measured was slower.
 _ALIASED_STRIDE_BYTES = 4096
 _STRIDE_PAD = 16
 
