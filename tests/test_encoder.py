@@ -130,7 +130,7 @@ def test_dense_trains_with_the_same_gradients(monkeypatch, inputs, units):
     trained, inferred = outputs_and_grads(True), outputs_and_grads(False)
     assert taken == [1]
     for got, expected in zip(trained, inferred):
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     kernel_grad = np.reshape(rows, [-1, inputs]).T @ np.reshape(upstream, [-1, units])
     np.testing.assert_allclose(trained[2], kernel_grad, rtol=1e-5, atol=1e-5)
 
