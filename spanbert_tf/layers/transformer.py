@@ -103,7 +103,7 @@ class TransformerLayer(keras.layers.Layer):
         context = self.attend(hidden_2d, attention_bias, batch, length, training)
         attended = self.attention_output_dropout(self.attention_output(context), training=training)
         attended = self.attention_layer_norm(attended + hidden_2d)
-        inner = gelu(self.intermediate(attended))
+        inner = gelu(self.intermediate(attended), training)
         output = self.output_dropout(self.output_dense(inner), training=training)
         output = self.output_layer_norm(output + attended)
         return tf.reshape(output, shape)
