@@ -126,7 +126,8 @@ def test_missing_feature_is_named():
 
 def test_sbo_weight_zero_trains_mlm_only_and_skips_the_sbo_head():
     """sbo_weight 0: loss = the full model's MLM loss, only MLM fields are read, the SBO
-    head is neither computed nor updated, and no SBO metric is reported."""
+    head's own weights are neither computed nor updated (the word embeddings it shares
+    with the encoder and the MLM decoder still train), and no SBO metric is reported."""
     keras.utils.set_random_seed(0)
     full = SpanBertPretrainer(CONFIG)
     mlm_only = SpanBertPretrainer(CONFIG.replace(sbo_weight=0.0))
@@ -144,13 +145,23 @@ def test_sbo_weight_zero_trains_mlm_only_and_skips_the_sbo_head():
     assert sorted(got) == ["loss", "mlm_accuracy", "mlm_loss"]
     assert got["loss"] == pytest.approx(expected["mlm_loss"], rel=1e-6)
     assert got["mlm_accuracy"] == pytest.approx(expected["mlm_accuracy"])
-    sbo_before = [w.numpy() for w in mlm_only.sbo_head.weights]
+    word_embeddings = mlm_only.encoder.token_embedding.embeddings
+    sbo_own = [w for w in mlm_only.sbo_head.weights if w is not word_embeddings]
+    assert len(sbo_own) == len(mlm_only.sbo_head.weights) - 1
+    sbo_before = [w.numpy() for w in sbo_own]
     mlm_before = [w.numpy() for w in mlm_only.mlm_head.weights]
+    words_before = word_embeddings.numpy()
     mlm_only.fit(tf.data.Dataset.from_tensors(mlm_batch).repeat(2), verbose=0)
-    for before, weight in zip(sbo_before, mlm_only.sbo_head.weights):
+    for before, weight in zip(sbo_before, sbo_own):
         np.testing.assert_array_equal(before, weight.numpy())
+    # The word embeddings (input and tied MLM decoder) train: the SBO head shares them.
+    trained = {v.path for v in mlm_only.trainable_variables}
+    assert word_embeddings.path in trained
+    assert not trained & {w.path for w in sbo_own}
+    assert not np.array_equal(words_before, word_embeddings.numpy())
     assert any(not np.array_equal(before, weight.numpy())
-               for before, weight in zip(mlm_before, mlm_only.mlm_head.weights))
+               for before, weight in zip(mlm_before, mlm_only.mlm_head.weights)
+               if weight is not word_embeddings)
 
 
 def test_keras_file_and_weights_round_trip(tmp_path):

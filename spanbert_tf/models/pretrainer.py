@@ -121,7 +121,11 @@ class SpanBertPretrainer(keras.Model):
         self.mlm_head.build()
         self.sbo_head.build()
         self.uses_sbo = c.sbo_weight > 0
+        # Freezing a layer freezes its sublayers, and the SBO head holds the encoder's
+        # word embedding (its tied decoder): keep that one as it was.
+        embedding_trainable = encoder.token_embedding.trainable
         self.sbo_head.trainable = self.uses_sbo
+        encoder.token_embedding.trainable = embedding_trainable
         self.mlm_loss_tracker = keras.metrics.Mean(name="mlm_loss")
         self.mlm_accuracy = keras.metrics.Mean(name="mlm_accuracy")
         if self.uses_sbo:
