@@ -13,6 +13,10 @@ def weight_initializer(stddev: float) -> keras.initializers.Initializer:
     return keras.initializers.TruncatedNormal(stddev=stddev)
 
 
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
 def gelu(x: tf.Tensor, training: bool = False) -> tf.Tensor:
     """BERT's exact GeLU, x * Phi(x) = (x / 2) * (1 + erf(x / sqrt(2))) (not the tanh form).
 
@@ -26,10 +30,6 @@ def gelu(x: tf.Tensor, training: bool = False) -> tf.Tensor:
         return _training_gelu(x)
     return (x * tf.cast(0.5, x.dtype)) * (
         tf.math.erf(x * tf.cast(_SQRT_HALF, x.dtype)) + tf.cast(1.0, x.dtype))
-
-
-_SQRT_HALF = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
 
 
 @tf.function(jit_compile=True, autograph=False)
