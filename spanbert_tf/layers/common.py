@@ -28,8 +28,12 @@ def gelu(x: tf.Tensor, training: bool = False) -> tf.Tensor:
     """
     if training:
         return _training_gelu(x)
-    return (x * tf.cast(0.5, x.dtype)) * (
-        tf.math.erf(x * tf.cast(_SQRT_HALF, x.dtype)) + tf.cast(1.0, x.dtype))
+    return (x * tf.cast(0.5, x.dtype)) * _one_plus_erf(x)
+
+
+def _one_plus_erf(x: tf.Tensor) -> tf.Tensor:
+    """1 + erf(x / sqrt(2)) = 2 Phi(x)."""
+    return tf.math.erf(x * tf.cast(_SQRT_HALF, x.dtype)) + tf.cast(1.0, x.dtype)
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -41,9 +45,8 @@ def _fused_gelu(x: tf.Tensor) -> tf.Tensor:
 def _fused_gelu_gradient(x: tf.Tensor, upstream: tf.Tensor) -> tf.Tensor:
     """upstream * d gelu / dx = upstream * (Phi(x) + x * phi(x))."""
     half = tf.cast(0.5, x.dtype)
-    cdf = half * (tf.math.erf(x * tf.cast(_SQRT_HALF, x.dtype)) + tf.cast(1.0, x.dtype))
     density = tf.cast(_INV_SQRT_2PI, x.dtype) * tf.exp(-half * x * x)
-    return upstream * (cdf + x * density)
+    return upstream * (half * _one_plus_erf(x) + x * density)
 
 
 # TensorFlow's gradient of the formula above is ~9 elementwise passes over the
